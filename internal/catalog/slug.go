@@ -1,0 +1,48 @@
+package catalog
+
+import (
+	"regexp"
+	"slices"
+)
+
+var slugPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$`)
+
+// ReservedSlugs are names no tenant may take, because they name parts of the
+// platform in host names (api.example.com) or invite confusion. The control
+// database refuses the same list (table reserved_slugs); a test keeps the
+// two equal.
+var ReservedSlugs = []string{
+	"abuse", "account", "accounts", "admin", "administrator", "api",
+	"app", "apps", "assets", "auth", "billing", "blog", "cdn",
+	"console", "control", "dashboard", "dev", "docs", "edge",
+	"ftp", "graphql", "health", "help", "hostmaster", "imap",
+	"internal", "localhost", "login", "logout", "mail", "metrics",
+	"null", "oauth", "plinth", "pop", "postmaster", "root",
+	"security", "signup", "smtp", "sso", "static", "status",
+	"support", "system", "undefined", "webmail", "webmaster", "www",
+}
+
+// ValidateSlug checks that s can name a tenant: a DNS label of 3 to 63
+// lower-case letters, digits and inner hyphens, not an IDN-style label
+// ("xn--…", or any "??--" prefix), and not reserved.
+func ValidateSlug(s string) error {
+	switch {
+	case len(s) < 3 || len(s) > 63:
+		return Invalid("invalid_slug", "slug %q must be 3 to 63 characters long", truncate(s, 70))
+	case !slugPattern.MatchString(s):
+		return Invalid("invalid_slug",
+			"slug %q must be lower-case letters, digits and hyphens, starting and ending with a letter or digit", s)
+	case s[2:4] == "--":
+		return Invalid("invalid_slug", "slug %q must not have hyphens in 3rd and 4th position (IDN-style labels are refused)", s)
+	case slices.Contains(ReservedSlugs, s):
+		return Invalid("reserved_slug", "slug %q is reserved", s)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
