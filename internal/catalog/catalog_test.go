@@ -463,14 +463,14 @@ func TestReserveDatabasePlacement(t *testing.T) {
 		must(t, err1(b.store.ReserveWarm(b.ctx, "s1", "notes", 1, 1)))
 	}
 	inst := newInst("acme")
-	d, err := b.store.ReserveDatabase(b.ctx, inst)
+	d, _, err := b.store.ReserveDatabase(b.ctx, inst)
 	must(t, err)
 	// s1 holds warm databases, but they are still creating, not warm: cold
 	// placement goes to the emptiest shard.
 	if d.Shard != "s2" || d.State != catalog.DatabaseCreating || d.SchemaVersion != 2 {
 		t.Fatalf("placed %+v, want a creating database on s2 at version 2", d)
 	}
-	again, err := b.store.ReserveDatabase(b.ctx, inst)
+	again, _, err := b.store.ReserveDatabase(b.ctx, inst)
 	must(t, err)
 	if again.ID != d.ID {
 		t.Fatal("reserving twice gave two databases")
@@ -484,9 +484,9 @@ func TestReserveDatabasePlacement(t *testing.T) {
 	if !ok {
 		t.Fatal("warm intent was not in creating")
 	}
-	d, err = b.store.ReserveDatabase(b.ctx, newInst("globex"))
+	d, claimed, err := b.store.ReserveDatabase(b.ctx, newInst("globex"))
 	must(t, err)
-	if d.ID != warm[0].ID || d.State != catalog.DatabaseAssigned {
+	if d.ID != warm[0].ID || d.State != catalog.DatabaseAssigned || !claimed {
 		t.Fatalf("claimed %+v, want warm database %s assigned", d, warm[0].ID)
 	}
 
@@ -495,7 +495,7 @@ func TestReserveDatabasePlacement(t *testing.T) {
 	for range 2 {
 		must(t, err1(b.store.RecordProbe(b.ctx, "s1", errors.New("down"), 2)))
 	}
-	_, err = b.store.ReserveDatabase(b.ctx, newInst("initech"))
+	_, _, err = b.store.ReserveDatabase(b.ctx, newInst("initech"))
 	wantCode(t, err, "no_capacity")
 }
 
@@ -517,7 +517,7 @@ func TestPlacementNeverOverfillsAShard(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := b.store.ReserveDatabase(b.ctx, inst)
+			_, _, err := b.store.ReserveDatabase(b.ctx, inst)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {

@@ -56,11 +56,11 @@ const eligibleShards = `
 // ReserveDatabase gives an installation its database. It claims a warm
 // database of the product's current version (state assigned, ready to
 // stamp), or records the intent to create one (state creating) on the
-// eligible shard with the most free capacity. Called again for the same
-// installation it returns the database reserved before.
-func (s *Store) ReserveDatabase(ctx context.Context, installationID uuid.UUID) (Database, error) {
-	var d Database
-	err := s.InTx(ctx, func(tx *Store) error {
+// eligible shard with the most free capacity. It reports whether it claimed
+// a warm database. Called again for the same installation it returns the
+// database reserved before.
+func (s *Store) ReserveDatabase(ctx context.Context, installationID uuid.UUID) (d Database, claimedWarm bool, err error) {
+	err = s.InTx(ctx, func(tx *Store) error {
 		existing, err := scanDatabase(tx.q.QueryRow(ctx, `SELECT `+databaseColumns+` FROM tenant_databases
 			WHERE installation_id = $1 AND state IN ('creating', 'assigned')`, installationID))
 		if err == nil {
@@ -95,6 +95,7 @@ func (s *Store) ReserveDatabase(ctx context.Context, installationID uuid.UUID) (
 			if err != nil {
 				return fmt.Errorf("claim warm database: %w", err)
 			}
+			claimedWarm = true
 			return nil
 		case !isNoRows(err):
 			return fmt.Errorf("find warm database: %w", err)
@@ -106,7 +107,7 @@ func (s *Store) ReserveDatabase(ctx context.Context, installationID uuid.UUID) (
 		d, err = tx.insertIntent(ctx, shard, product, version, &installationID)
 		return err
 	})
-	return d, err
+	return d, claimedWarm, err
 }
 
 // lockShardWithCapacity picks the eligible shard of region with the most
@@ -130,7 +131,28 @@ func (s *Store) lockShardWithCapacity(ctx context.Context, region string) (strin
 			return name, nil
 		}
 	}
-	return "", Unavailable("no_capacity", "no healthy, undrained shard with free capacity in region %s", region)
+	return "", Unavailable("no_capacity", "no shard in region %s can take a database: %s", region, s.whyNoCapacity(ctx, region))
+}
+
+// whyNoCapacity says, shard by shard, why none of a region's shards can take
+// a database, for the failure reason an operator reads.
+func (s *Store) whyNoCapacity(ctx context.Context, region string) string {
+	shards, err := s.ListShards(ctx, region)
+	if err != nil || len(shards) == 0 {
+		return "the region has no shards"
+	}
+	var why []string
+	for _, sh := range shards {
+		switch {
+		case sh.Health == ShardUnhealthy:
+			why = append(why, fmt.Sprintf("%s is unhealthy (%s)", sh.Name, sh.HealthError))
+		case sh.Draining:
+			why = append(why, sh.Name+" is draining")
+		default:
+			why = append(why, fmt.Sprintf("%s is full (%d/%d)", sh.Name, sh.Databases, sh.Capacity))
+		}
+	}
+	return strings.Join(why, "; ")
 }
 
 // lockFree locks a shard's row and returns its free capacity. The count is

@@ -215,10 +215,15 @@ func migratedTemplate(t testing.TB, c *localpg.Cluster, key string, migrate func
 	return name
 }
 
-// Pool opens a pool on dsn, closed when the test ends.
+// Pool opens a pool of up to 20 connections on dsn, closed when the test ends.
 func Pool(t testing.TB, dsn string) *pgxpool.Pool {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), dsn)
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatalf("parse dsn: %v", err)
+	}
+	cfg.MaxConns = 20
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("open pool: %v", err)
 	}

@@ -1,0 +1,243 @@
+// Package provision carries out tenant lifecycle workflows as durable River
+// jobs on the control database: provisioning a tenant's databases (claimed
+// from a warm pool or created from a product template), purging them, and
+// the periodic maintenance around them (shard health, warm-pool refills,
+// sweeping abandoned databases and stuck operations, purging tenants whose
+// retention ended).
+//
+// Every step records its intent in the catalog before it acts on a shard
+// and is idempotent, so a worker killed at any point resumes where it was:
+// no orphaned database, no installation without one, no tenant stuck in
+// provisioning.
+package provision
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivermigrate"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/fleet"
+)
+
+// Defaults. River's own defaults suit long jobs; provisioning is short, so
+// failures surface and stuck jobs are rescued sooner.
+const (
+	WorkersDefault        = 10
+	MaxAttemptsDefault    = 8
+	RetryBaseDefault      = time.Second
+	RetryMaxDefault       = time.Minute
+	JobTimeoutDefault     = 2 * time.Minute
+	RescueAfterDefault    = 3 * time.Minute
+	HealthIntervalDefault = 10 * time.Second
+	RefillIntervalDefault = 30 * time.Second
+	SweepIntervalDefault  = time.Minute
+	AbandonAfterDefault   = 10 * time.Minute
+	RetentionDefault      = 30 * 24 * time.Hour
+	FetchCooldownDefault  = 5 * time.Millisecond
+)
+
+// Config configures provisioning. Zero values take the defaults above.
+type Config struct {
+	Store  *catalog.Store
+	Pools  *fleet.Pools
+	Logger *slog.Logger
+
+	// Workers is how many jobs a worker process runs at once.
+	Workers int
+	// MaxAttempts is how often a provisioning or purge job runs before the
+	// operation fails; RetryBase doubles per attempt up to RetryMax.
+	MaxAttempts int
+	RetryBase   time.Duration
+	RetryMax    time.Duration
+	// JobTimeout bounds one attempt; RescueAfter is when River retries a job
+	// whose worker died (it must exceed JobTimeout).
+	JobTimeout  time.Duration
+	RescueAfter time.Duration
+	// Maintenance intervals.
+	HealthInterval time.Duration
+	RefillInterval time.Duration
+	SweepInterval  time.Duration
+	// UnhealthyAfter is how many consecutive failed probes mark a shard unhealthy.
+	UnhealthyAfter int
+	// AbandonAfter is how long a warm database may stay in creating before
+	// the sweeper considers its worker dead and drops it.
+	AbandonAfter time.Duration
+	// Retention is how long a deleted tenant's data is kept before purging.
+	Retention time.Duration
+	// FetchCooldown is the least time between River fetches; small, so a
+	// new job starts within milliseconds of its insert.
+	FetchCooldown time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	c.Workers = cmp.Or(c.Workers, WorkersDefault)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.RetryBase = cmp.Or(c.RetryBase, RetryBaseDefault)
+	c.RetryMax = cmp.Or(c.RetryMax, RetryMaxDefault)
+	c.JobTimeout = cmp.Or(c.JobTimeout, JobTimeoutDefault)
+	c.RescueAfter = cmp.Or(c.RescueAfter, max(RescueAfterDefault, c.JobTimeout+time.Minute))
+	c.HealthInterval = cmp.Or(c.HealthInterval, HealthIntervalDefault)
+	c.RefillInterval = cmp.Or(c.RefillInterval, RefillIntervalDefault)
+	c.SweepInterval = cmp.Or(c.SweepInterval, SweepIntervalDefault)
+	c.UnhealthyAfter = cmp.Or(c.UnhealthyAfter, fleet.UnhealthyAfterDefault)
+	c.AbandonAfter = cmp.Or(c.AbandonAfter, AbandonAfterDefault)
+	c.Retention = cmp.Or(c.Retention, RetentionDefault)
+	c.FetchCooldown = cmp.Or(c.FetchCooldown, FetchCooldownDefault)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Queues.
+const (
+	queueLifecycle   = river.QueueDefault
+	queueMaintenance = "maintenance"
+)
+
+// ProvisionArgs is the job that gives a tenant its databases.
+type ProvisionArgs struct {
+	TenantID    uuid.UUID `json:"tenant_id"`
+	OperationID uuid.UUID `json:"operation_id"`
+}
+
+// Kind implements river.JobArgs.
+func (ProvisionArgs) Kind() string { return "plinth.provision_tenant" }
+
+// PurgeArgs is the job that drops a deleted tenant's databases.
+type PurgeArgs struct {
+	TenantID    uuid.UUID `json:"tenant_id"`
+	OperationID uuid.UUID `json:"operation_id"`
+	Actor       string    `json:"actor"`
+	Reason      string    `json:"reason"`
+	RequestID   string    `json:"request_id,omitempty"`
+}
+
+// Kind implements river.JobArgs.
+func (PurgeArgs) Kind() string { return "plinth.purge_tenant" }
+
+// HealthArgs is the periodic shard health check.
+type HealthArgs struct{}
+
+// Kind implements river.JobArgs.
+func (HealthArgs) Kind() string { return "plinth.check_shards" }
+
+// RefillArgs fills warm pools up to their target sizes.
+type RefillArgs struct{}
+
+// Kind implements river.JobArgs.
+func (RefillArgs) Kind() string { return "plinth.refill_warm_pools" }
+
+// SweepArgs is the periodic clean-up: drops abandoned databases, fails
+// operations whose job ended without finishing them, purges expired tenants.
+type SweepArgs struct{}
+
+// Kind implements river.JobArgs.
+func (SweepArgs) Kind() string { return "plinth.sweep" }
+
+// Migrate creates or updates River's tables in the control database, under
+// an advisory lock so that processes starting together migrate once.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate river: %w", err)
+	}
+	defer conn.Release()
+	const key = 7083526355624559 // arbitrary, distinct from the catalog's
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
+		return fmt.Errorf("migrate river: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key) }()
+	m, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: quiet(logger)})
+	if err != nil {
+		return fmt.Errorf("migrate river: %w", err)
+	}
+	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("migrate river: %w", err)
+	}
+	return nil
+}
+
+// quiet keeps River's own logging to warnings and errors.
+func quiet(logger *slog.Logger) *slog.Logger {
+	if logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
+}
+
+type levelFilter struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= f.min && f.Handler.Enabled(ctx, l)
+}
+
+// NewInserter returns a River client that only inserts jobs (for processes
+// that accept requests but do not run workers).
+func NewInserter(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
+	cfg = cfg.withDefaults()
+	return river.NewClient(riverpgxv5.New(pool), &river.Config{Logger: quiet(cfg.Logger), MaxAttempts: cfg.MaxAttempts})
+}
+
+// NewWorker returns a River client that runs the lifecycle workers and the
+// periodic maintenance jobs. Start it with Start and stop it with Stop.
+func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
+	cfg = cfg.withDefaults()
+	if cfg.Store == nil || cfg.Pools == nil {
+		return nil, fmt.Errorf("provision: Store and Pools are required")
+	}
+	w := &workers{cfg: cfg, store: cfg.Store, pools: cfg.Pools, log: cfg.Logger}
+	ws := river.NewWorkers()
+	river.AddWorker(ws, &provisionWorker{workers: w})
+	river.AddWorker(ws, &purgeWorker{workers: w})
+	river.AddWorker(ws, &healthWorker{workers: w})
+	river.AddWorker(ws, &refillWorker{workers: w})
+	river.AddWorker(ws, &sweepWorker{workers: w})
+	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
+	periodic := func(every time.Duration, args river.JobArgs) *river.PeriodicJob {
+		return river.NewPeriodicJob(river.PeriodicInterval(every),
+			func() (river.JobArgs, *river.InsertOpts) { return args, maintenance },
+			&river.PeriodicJobOpts{RunOnStart: true})
+	}
+	return river.NewClient(riverpgxv5.New(pool), &river.Config{
+		Logger:               quiet(cfg.Logger),
+		Workers:              ws,
+		MaxAttempts:          cfg.MaxAttempts,
+		JobTimeout:           cfg.JobTimeout,
+		RescueStuckJobsAfter: cfg.RescueAfter,
+		FetchCooldown:        cfg.FetchCooldown,
+		FetchPollInterval:    time.Second,
+		Queues: map[string]river.QueueConfig{
+			queueLifecycle:   {MaxWorkers: cfg.Workers},
+			queueMaintenance: {MaxWorkers: 2},
+		},
+		PeriodicJobs: []*river.PeriodicJob{
+			periodic(cfg.HealthInterval, HealthArgs{}),
+			periodic(cfg.RefillInterval, RefillArgs{}),
+			periodic(cfg.SweepInterval, SweepArgs{}),
+		},
+	})
+}
+
+// refillOpts makes an on-demand refill unique while one is waiting or running.
+var refillOpts = &river.InsertOpts{
+	Queue:       queueMaintenance,
+	MaxAttempts: 1,
+	UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: []rivertype.JobState{
+		rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRunning, rivertype.JobStateScheduled,
+	}},
+}

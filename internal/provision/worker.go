@@ -1,0 +1,304 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/fleet"
+	"github.com/plinth-platform/plinth/internal/tenantdb"
+)
+
+// Actors recorded in the audit log for work the platform does by itself.
+const (
+	ActorProvisioner = "system:provisioner"
+	ActorPurger      = "system:purger"
+)
+
+// workers holds what every job needs.
+type workers struct {
+	cfg   Config
+	store *catalog.Store
+	pools *fleet.Pools
+	log   *slog.Logger
+}
+
+// backoff is the delay before retry attempt n+1: exponential with jitter.
+func (w *workers) backoff(attempt int) time.Time {
+	d := w.cfg.RetryBase << min(attempt-1, 20)
+	d = min(d, w.cfg.RetryMax)
+	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return time.Now().Add(d)
+}
+
+// errPermanent marks errors no retry can fix.
+var errPermanent = errors.New("permanent")
+
+func permanent(err error) error { return fmt.Errorf("%w: %w", errPermanent, err) }
+
+// finalAttempt reports whether a failed job should give up now.
+func finalAttempt(err error, attempt, maxAttempts int) bool {
+	return errors.Is(err, errPermanent) || attempt >= maxAttempts
+}
+
+type provisionWorker struct {
+	river.WorkerDefaults[ProvisionArgs]
+	*workers
+}
+
+func (w *provisionWorker) NextRetry(job *river.Job[ProvisionArgs]) time.Time {
+	return w.backoff(job.Attempt)
+}
+
+// Work provisions every pending installation of the tenant, then makes the
+// tenant active. On its last attempt it fails the tenant instead, with the
+// reason, and leaves what it recorded for `tenant retry` to resume.
+func (w *provisionWorker) Work(ctx context.Context, job *river.Job[ProvisionArgs]) error {
+	args := job.Args
+	log := w.log.With("tenant_id", args.TenantID, "operation_id", args.OperationID, "attempt", job.Attempt)
+	claimedWarm, err := w.provision(ctx, args)
+	if err == nil {
+		log.Info("tenant provisioned")
+		if claimedWarm {
+			w.kickRefill(ctx)
+		}
+		return nil
+	}
+	if !finalAttempt(err, job.Attempt, job.MaxAttempts) {
+		log.Warn("provisioning attempt failed; will retry", "error", err)
+		return err
+	}
+	log.Error("provisioning failed", "error", err)
+	if ferr := w.fail(ctx, args, err); ferr != nil {
+		return fmt.Errorf("record provisioning failure: %w (after: %w)", ferr, err)
+	}
+	return river.JobCancel(err)
+}
+
+func (w *provisionWorker) provision(ctx context.Context, args ProvisionArgs) (claimedWarm bool, err error) {
+	t, err := w.store.GetTenantByID(ctx, args.TenantID)
+	if err != nil {
+		return false, err
+	}
+	if t.State != catalog.StateProvisioning {
+		// Already done by an earlier run, or moved on (deleted after failing):
+		// either way there is nothing left to provision.
+		state, msg := catalog.OperationSucceeded, ""
+		if t.State != catalog.StateActive {
+			state, msg = catalog.OperationFailed, fmt.Sprintf("tenant is %s", t.State)
+		}
+		return false, w.store.FinishOperation(ctx, args.OperationID, state, msg)
+	}
+	for _, inst := range t.Installations {
+		if inst.State == catalog.InstallationReady {
+			continue
+		}
+		warm, err := w.installation(ctx, t, inst)
+		if err != nil {
+			return false, fmt.Errorf("provision %s: %w", inst.Product, err)
+		}
+		claimedWarm = claimedWarm || warm
+	}
+	err = w.store.InTx(ctx, func(tx *catalog.Store) error {
+		if _, err := tx.Transition(ctx, catalog.TransitionParams{
+			TenantID: t.ID, Action: "provisioned", Actor: ActorProvisioner,
+			From: []catalog.TenantState{catalog.StateProvisioning}, To: catalog.StateActive,
+		}); err != nil {
+			return err
+		}
+		return tx.FinishOperation(ctx, args.OperationID, catalog.OperationSucceeded, "")
+	})
+	return claimedWarm, err
+}
+
+// installation gives one installation its database: reserve (claim warm or
+// record the intent to create), create from the template when needed, stamp
+// the tenant's identity into it, mark the installation ready.
+func (w *provisionWorker) installation(ctx context.Context, t catalog.Tenant, inst catalog.Installation) (warm bool, err error) {
+	d, warm, err := w.store.ReserveDatabase(ctx, inst.ID)
+	if err != nil {
+		return false, err
+	}
+	shard, err := w.shard(ctx, d.Shard)
+	if err != nil {
+		return false, err
+	}
+	if d.State == catalog.DatabaseCreating {
+		if err := w.create(ctx, shard, d, &t.ID, &inst.ID); err != nil {
+			w.abandonIfShardDown(ctx, shard, d)
+			return false, err
+		}
+		if _, err := w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseAssigned); err != nil {
+			return false, err
+		}
+	} else if err := shard.Stamp(ctx, d.Name, d.ID, &t.ID, &inst.ID); err != nil {
+		if errors.Is(err, tenantdb.ErrIdentityMismatch) {
+			return false, permanent(err)
+		}
+		return false, err
+	}
+	return warm, w.store.SetInstallationState(ctx, inst.ID, catalog.InstallationReady)
+}
+
+// create creates database d from its product's template at d's version and
+// stamps its identity (tenant and installation nil for a warm database).
+func (w *workers) create(ctx context.Context, shard *tenantdb.Shard, d catalog.Database, tenant, inst *uuid.UUID) error {
+	ms, err := w.store.Migrations(ctx, d.Product, d.SchemaVersion)
+	if err != nil {
+		return err
+	}
+	tpl, err := shard.EnsureTemplate(ctx, d.Product, ms)
+	if err != nil {
+		return err
+	}
+	if err := shard.Create(ctx, d.Name, tpl); err != nil {
+		return err
+	}
+	if err := shard.Stamp(ctx, d.Name, d.ID, tenant, inst); err != nil {
+		if errors.Is(err, tenantdb.ErrIdentityMismatch) {
+			return permanent(err)
+		}
+		return err
+	}
+	return nil
+}
+
+// abandonIfShardDown gives up a database being created on a shard that does
+// not answer, so that the next attempt can place the installation on
+// another shard. The record stays (state dropping) until the sweeper has
+// dropped whatever the failed attempt left on the shard.
+func (w *workers) abandonIfShardDown(ctx context.Context, shard *tenantdb.Shard, d catalog.Database) {
+	if fleet.Probe(ctx, shard) == nil {
+		return
+	}
+	if err := w.store.AbandonDatabase(ctx, d.ID); err != nil {
+		w.log.Warn("abandon database", "database", d.Name, "error", err)
+	}
+}
+
+func (w *workers) shard(ctx context.Context, name string) (*tenantdb.Shard, error) {
+	sh, err := w.store.GetShard(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return w.pools.Shard(sh)
+}
+
+// fail marks the tenant failed (when it is still provisioning) and the
+// operation failed, in one transaction.
+func (w *provisionWorker) fail(ctx context.Context, args ProvisionArgs, cause error) error {
+	reason := failureReason(cause)
+	return w.store.InTx(ctx, func(tx *catalog.Store) error {
+		_, err := tx.Transition(ctx, catalog.TransitionParams{
+			TenantID: args.TenantID, Action: "provisioning_failed", Actor: ActorProvisioner, Reason: reason,
+			From: []catalog.TenantState{catalog.StateProvisioning}, To: catalog.StateFailed,
+		})
+		if err != nil && !errors.Is(err, catalog.ErrIllegalTransition) {
+			return err
+		}
+		return tx.FinishOperation(ctx, args.OperationID, catalog.OperationFailed, reason)
+	})
+}
+
+func failureReason(err error) string {
+	msg := errors.Unwrap(err)
+	if !errors.Is(err, errPermanent) || msg == nil {
+		msg = err
+	}
+	s := msg.Error()
+	if len(s) > 1000 {
+		s = s[:1000]
+	}
+	return s
+}
+
+// kickRefill asks for a warm-pool refill now that a warm database was taken.
+func (w *workers) kickRefill(ctx context.Context) {
+	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
+	if err != nil {
+		return
+	}
+	if _, err := client.Insert(ctx, RefillArgs{}, refillOpts); err != nil {
+		w.log.Warn("queue warm-pool refill", "error", err)
+	}
+}
+
+type purgeWorker struct {
+	river.WorkerDefaults[PurgeArgs]
+	*workers
+}
+
+func (w *purgeWorker) NextRetry(job *river.Job[PurgeArgs]) time.Time { return w.backoff(job.Attempt) }
+
+// Work drops every database of a deleted tenant, then marks its
+// installations and the tenant purged. The tenant stays deleted (and can't
+// be undeleted) while it runs; a failed purge leaves it deleted, to be
+// purged again by the next sweep or by hand.
+func (w *purgeWorker) Work(ctx context.Context, job *river.Job[PurgeArgs]) error {
+	args := job.Args
+	err := w.purge(ctx, args)
+	if err == nil {
+		w.log.Info("tenant purged", "tenant_id", args.TenantID, "actor", args.Actor)
+		return nil
+	}
+	if !finalAttempt(err, job.Attempt, job.MaxAttempts) {
+		w.log.Warn("purge attempt failed; will retry", "tenant_id", args.TenantID, "error", err)
+		return err
+	}
+	if ferr := w.store.FinishOperation(ctx, args.OperationID, catalog.OperationFailed, failureReason(err)); ferr != nil {
+		return ferr
+	}
+	return river.JobCancel(err)
+}
+
+func (w *purgeWorker) purge(ctx context.Context, args PurgeArgs) error {
+	t, err := w.store.GetTenantByID(ctx, args.TenantID)
+	if err != nil {
+		return err
+	}
+	switch t.State {
+	case catalog.StatePurged:
+		return w.store.FinishOperation(ctx, args.OperationID, catalog.OperationSucceeded, "")
+	case catalog.StateDeleted:
+	default:
+		return w.store.FinishOperation(ctx, args.OperationID, catalog.OperationFailed, fmt.Sprintf("tenant is %s, not deleted", t.State))
+	}
+	dbs, err := w.store.LiveDatabases(ctx, t.ID)
+	if err != nil {
+		return err
+	}
+	for _, d := range dbs {
+		shard, err := w.shard(ctx, d.Shard)
+		if err != nil {
+			return err
+		}
+		if err := shard.Drop(ctx, d.Name); err != nil {
+			return err
+		}
+		if _, err := w.store.SetDatabaseState(ctx, d.ID, d.State, catalog.DatabaseDropped); err != nil {
+			return err
+		}
+	}
+	return w.store.InTx(ctx, func(tx *catalog.Store) error {
+		for _, inst := range t.Installations {
+			if err := tx.SetInstallationState(ctx, inst.ID, catalog.InstallationPurged); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Transition(ctx, catalog.TransitionParams{
+			TenantID: t.ID, Action: "purge", Actor: args.Actor, Reason: args.Reason, RequestID: args.RequestID,
+			From: []catalog.TenantState{catalog.StateDeleted}, To: catalog.StatePurged,
+		}); err != nil {
+			return err
+		}
+		return tx.FinishOperation(ctx, args.OperationID, catalog.OperationSucceeded, "")
+	})
+}

@@ -1,0 +1,153 @@
+package tenantdb
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing/fstest"
+
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"github.com/plinth-platform/plinth/internal/catalog"
+)
+
+// versionTable is goose's table of applied product migrations, kept in the
+// plinth schema so that it travels with every copy of the database.
+const versionTable = "plinth.goose_db_version"
+
+// EnsureTemplate makes sure the shard has the template database of the
+// product at the version of its last migration, building it when missing,
+// and returns its name. Builders on several workers take turns through an
+// advisory lock on the shard; a build that crashed halfway is thrown away
+// and done again, since the template gets its final name only when complete.
+func (s *Shard) EnsureTemplate(ctx context.Context, product string, ms []catalog.Migration) (string, error) {
+	if len(ms) == 0 {
+		return "", fmt.Errorf("template for %s: product has no migrations", product)
+	}
+	version := ms[len(ms)-1].Version
+	name := TemplateName(product, version)
+	if ready, err := s.templateReady(ctx, name); err != nil || ready {
+		return name, err
+	}
+	conn, err := s.Admin.Acquire(ctx)
+	if err != nil {
+		return "", fmt.Errorf("template %s on shard %s: %w", name, s.Name, err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, lockKey(name)); err != nil {
+		return "", fmt.Errorf("lock template %s: %w", name, err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, lockKey(name)) }()
+
+	var exists, isTemplate bool
+	err = conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(datistemplate), false) FROM pg_database WHERE datname = $1`, name).
+		Scan(&exists, &isTemplate)
+	if err != nil {
+		return "", fmt.Errorf("look up template %s: %w", name, err)
+	}
+	if !exists {
+		build := name + "_build"
+		if err := s.Drop(ctx, build); err != nil {
+			return "", err
+		}
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+quote(build)+" TEMPLATE template0"); err != nil {
+			return "", fmt.Errorf("create template %s: %w", build, err)
+		}
+		if err := s.initialize(ctx, build, product, ms); err != nil {
+			return "", err
+		}
+		if _, err := conn.Exec(ctx, "ALTER DATABASE "+quote(build)+" RENAME TO "+quote(name)); err != nil {
+			return "", fmt.Errorf("name template %s: %w", name, err)
+		}
+	}
+	if !isTemplate {
+		// No connections allowed: nothing can connect to the template and
+		// block a CREATE DATABASE from it.
+		if _, err := conn.Exec(ctx, "ALTER DATABASE "+quote(name)+" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"); err != nil {
+			return "", fmt.Errorf("mark template %s: %w", name, err)
+		}
+	}
+	return name, nil
+}
+
+func (s *Shard) templateReady(ctx context.Context, name string) (bool, error) {
+	var ok bool
+	err := s.Admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate)`, name).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("look up template %s on shard %s: %w", name, s.Name, err)
+	}
+	return ok, nil
+}
+
+// initialize gives a fresh database the identity schema and the product's
+// migrations.
+func (s *Shard) initialize(ctx context.Context, db, product string, ms []catalog.Migration) error {
+	conn, err := s.Connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, identitySchema)
+	if err == nil {
+		_, err = conn.Exec(ctx, `INSERT INTO plinth.identity (product) VALUES ($1) ON CONFLICT DO NOTHING`, product)
+	}
+	_ = conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("create identity schema in %s: %w", db, err)
+	}
+	return s.Migrate(ctx, db, ms, ms[len(ms)-1].Version)
+}
+
+// Migrate applies the product migrations up to version to database db and
+// records the version in its identity. Already applied migrations are
+// skipped, so it is safe to run again.
+func (s *Shard) Migrate(ctx context.Context, db string, ms []catalog.Migration, version int64) error {
+	fsys := fstest.MapFS{}
+	for _, m := range ms {
+		fsys[fmt.Sprintf("%05d_%s.sql", m.Version, sanitizeName(m.Name))] = &fstest.MapFile{Data: []byte(m.SQL)}
+	}
+	sqlDB := stdlib.OpenDB(*s.ConnConfig(db))
+	defer sqlDB.Close()
+	sqlDB.SetMaxOpenConns(1)
+	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, fsys,
+		goose.WithTableName(versionTable), goose.WithDisableGlobalRegistry(true),
+		goose.WithSlog(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		return fmt.Errorf("migrations of %s: %w", db, err)
+	}
+	if _, err := p.UpTo(ctx, version); err != nil {
+		return fmt.Errorf("migrate %s to version %d: %w", db, version, err)
+	}
+	if _, err := sqlDB.ExecContext(ctx, `UPDATE plinth.identity SET schema_version = $1`, version); err != nil {
+		return fmt.Errorf("record schema version of %s: %w", db, err)
+	}
+	return nil
+}
+
+// sanitizeName keeps a migration name usable as part of a file name.
+func sanitizeName(name string) string {
+	out := []rune{}
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
+			out = append(out, r)
+		default:
+			out = append(out, '_')
+		}
+	}
+	if len(out) == 0 {
+		return "migration"
+	}
+	return string(out)
+}
+
+// DropTemplate drops a product template that is no longer current.
+func (s *Shard) DropTemplate(ctx context.Context, name string) error {
+	if _, err := s.Admin.Exec(ctx, "ALTER DATABASE "+quote(name)+" WITH IS_TEMPLATE false"); err != nil {
+		if ok, _ := s.Exists(ctx, name); !ok {
+			return nil
+		}
+		return fmt.Errorf("unmark template %s: %w", name, err)
+	}
+	return s.Drop(ctx, name)
+}
