@@ -329,3 +329,22 @@ func (s *Store) ExpiredTenants(ctx context.Context, limit int) ([]uuid.UUID, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
+
+// CountTenants returns how many tenants are in each state.
+func (s *Store) CountTenants(ctx context.Context) (map[TenantState]int, error) {
+	rows, err := s.q.Query(ctx, `SELECT state, count(*) FROM tenants GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("count tenants: %w", err)
+	}
+	defer rows.Close()
+	out := map[TenantState]int{}
+	for rows.Next() {
+		var st TenantState
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}

@@ -378,4 +378,3 @@ func TestIllegalActions(t *testing.T) {
 		t.Fatalf("refused actions changed the tenant to %s", tn.State)
 	}
 }
-
