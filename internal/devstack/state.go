@@ -1,0 +1,95 @@
+package devstack
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// File names under PLINTH_HOME.
+const (
+	stateFile = "state.json"
+	tokenFile = "admin-token"
+	lockFile  = "dev.lock"
+	logFile   = "plinth.log"
+)
+
+// State is what `plinth dev` keeps in PLINTH_HOME/state.json: the ports it
+// chose and how to reach what it started, so the next start reuses them and
+// the CLI finds the API. The file is private (0600): it holds the local
+// clusters' password.
+type State struct {
+	Version  int           `json:"version"`
+	APIURL   string        `json:"api_url"`
+	Password string        `json:"password"`
+	Control  *ClusterInfo  `json:"control,omitempty"` // nil when PLINTH_DATABASE_URL is used
+	Shards   []ClusterInfo `json:"shards"`
+}
+
+// ClusterInfo is one local Postgres cluster.
+type ClusterInfo struct {
+	Name   string `json:"name"`
+	Region string `json:"region,omitempty"`
+	Port   int    `json:"port"`
+}
+
+// DefaultHome is PLINTH_HOME, or ./.plinth.
+func DefaultHome() string {
+	if h := os.Getenv("PLINTH_HOME"); h != "" {
+		return h
+	}
+	return ".plinth"
+}
+
+// ReadState reads the state `plinth dev` left in home.
+func ReadState(home string) (State, error) {
+	var st State
+	data, err := os.ReadFile(filepath.Join(home, stateFile))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		return st, fmt.Errorf("%s is damaged (%v): remove it or run plinth dev --reset", filepath.Join(home, stateFile), err)
+	}
+	if st.Version != 1 {
+		return st, fmt.Errorf("%s has unknown version %d", filepath.Join(home, stateFile), st.Version)
+	}
+	return st, nil
+}
+
+func writeState(home string, st State) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(home, stateFile+".tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(home, stateFile))
+}
+
+// ReadToken reads the admin token `plinth dev` created in home.
+func ReadToken(home string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(home, tokenFile))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(data)), nil
+}
+
+// readOrCreateToken returns the admin token in home, creating it on first use.
+func readOrCreateToken(home string, generate func() string) (string, error) {
+	tok, err := ReadToken(home)
+	if err == nil && tok != "" {
+		return tok, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	tok = generate()
+	return tok, os.WriteFile(filepath.Join(home, tokenFile), []byte(tok+"\n"), 0o600)
+}
