@@ -206,16 +206,24 @@ func lock(home string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
+// StopClusters stops the Postgres clusters a plinth dev in home started,
+// if they are running (after a kill -9, say).
+func StopClusters(home string) {
+	st, err := ReadState(home)
+	if err != nil {
+		return
+	}
+	control, shards := clusters(home, st)
+	if control != nil {
+		shards = append(shards, control)
+	}
+	stopClusters(shards)
+}
+
 // reset stops the clusters of a previous run and removes everything in home
 // but the lock.
 func reset(ctx context.Context, home string) error {
-	if st, err := ReadState(home); err == nil {
-		control, shards := clusters(home, st)
-		if control != nil {
-			shards = append(shards, control)
-		}
-		stopClusters(shards)
-	}
+	StopClusters(home)
 	entries, err := os.ReadDir(home)
 	if err != nil {
 		return err

@@ -131,6 +131,22 @@ func stopCluster(c *localpg.Cluster) {
 	_ = os.RemoveAll(strings.TrimSuffix(c.Dir, "/pg"))
 }
 
+// Dir returns a directory for the test, removed when it ends, that the
+// unprivileged user Postgres runs as can enter (t.TempDir's parent is
+// private to the test's user).
+func Dir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "plinth-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
 // CreateDatabase creates a database with a random name on c (from template
 // when not empty) and drops it when the test ends. It returns the name.
 func CreateDatabase(t testing.TB, c *localpg.Cluster, template string) string {

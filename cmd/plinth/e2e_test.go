@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/plinth-platform/plinth/internal/api"
+	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/devstack"
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
+	"github.com/plinth-platform/plinth/internal/provision"
+	"github.com/plinth-platform/plinth/internal/server"
+	"github.com/plinth-platform/plinth/internal/testkit"
+)
+
+// The test binary doubles as the plinth binary: with PLINTH_TEST_MAIN set
+// it runs main, so the tests can start real plinth processes and kill them.
+func TestMain(m *testing.M) {
+	if os.Getenv("PLINTH_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	testkit.Main(m)
+}
+
+// plinth returns a command that runs this binary as plinth.
+func plinth(ctx context.Context, env []string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), "PLINTH_TEST_MAIN=1"), env...)
+	return cmd
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+const token = "e2e-admin-token-0123456789"
+
+func migrateControl(ctx context.Context, pool *pgxpool.Pool) error {
+	logger := slog.New(slog.DiscardHandler)
+	if err := catalog.Migrate(ctx, pool, logger); err != nil {
+		return err
+	}
+	return provision.Migrate(ctx, pool, logger)
+}
+
+// startWorker starts `plinth serve --role worker` as a subprocess with
+// timings short enough for a test to see rescues and sweeps.
+func startWorker(t *testing.T, ctx context.Context, dsn string) *exec.Cmd {
+	t.Helper()
+	cmd := plinth(ctx, nil, "serve", "--role", "worker", "--database-url", dsn, "--log-level", "warn",
+		"--job-timeout", "5s", "--rescue-after", "7s", "--retry-base", "100ms", "--retry-max", "1s",
+		"--health-interval", "500ms", "--refill-interval", "500ms", "--sweep-interval", "500ms", "--abandon-after", "5s")
+	cmd.Stderr = os.Stderr
+	must(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd
+}
+
+// kill -9 of the worker (a real subprocess) during 50 concurrent
+// provisionings, then a restart: all 50 end active, with one installation
+// and one database each, and no database on the shard the catalog does not
+// know as warm or assigned.
+func TestWorkerKilledDuringProvisioning(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Context(t, 5*time.Minute)
+	pool, dsn := testkit.MigratedDatabase(t, "control", migrateControl)
+	shard := testkit.NewCluster(t)
+	srv, err := server.Start(ctx, server.Config{DatabaseURL: dsn, Roles: []server.Role{server.RoleControl},
+		Listen: "127.0.0.1:0", AdminToken: token})
+	must(t, err)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	c := api.NewClient("http://"+srv.Addr(), token)
+	must(t, errOf(c.CreateRegion(ctx, api.CreateRegionRequest{Name: "r1"})))
+	must(t, errOf(c.CreateShard(ctx, api.CreateShardRequest{Name: "s1", Region: "r1", DSN: shard.DSN("postgres")})))
+	pool3 := 3
+	must(t, errOf(c.RegisterProduct(ctx, api.RegisterProductRequest{Name: "notes", Default: true, WarmPoolSize: &pool3,
+		Migrations: []catalog.Migration{{Version: 1, Name: "notes", SQL: "-- +goose Up\nCREATE TABLE notes (id int);"}}})))
+
+	worker := startWorker(t, ctx, dsn)
+	var ops []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.CreateTenant(ctx, api.CreateTenantRequest{Slug: fmt.Sprintf("tenant-%02d", i)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			ops = append(ops, resp.Operation.ID.String())
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	countActive := func() int {
+		var n int
+		must(t, pool.QueryRow(ctx, `SELECT count(*) FROM tenants WHERE state = 'active'`).Scan(&n))
+		return n
+	}
+	// Kill the worker while it is in the middle of the batch.
+	testkit.Eventually(t, 2*time.Minute, "some tenants to be active", func() (bool, error) { return countActive() >= 5, nil })
+	must(t, worker.Process.Signal(syscall.SIGKILL))
+	_ = worker.Wait()
+	killedAt := countActive()
+	t.Logf("worker killed with %d of 50 tenants active", killedAt)
+	if killedAt == 50 {
+		t.Fatal("the worker finished before it was killed; the test proves nothing")
+	}
+
+	startWorker(t, ctx, dsn)
+	for _, id := range ops {
+		op, err := c.WaitOperation(ctx, id, nil)
+		must(t, err)
+		if op.State != catalog.OperationSucceeded {
+			t.Fatalf("operation %s: %+v", id, op)
+		}
+	}
+	if n := countActive(); n != 50 {
+		t.Fatalf("%d tenants active, want 50", n)
+	}
+	var installations, databases, distinct int
+	must(t, pool.QueryRow(ctx, `SELECT count(*), count(d.id), count(DISTINCT d.name) FROM installations i
+		LEFT JOIN tenant_databases d ON d.installation_id = i.id AND d.state = 'assigned'`).Scan(&installations, &databases, &distinct))
+	if installations != 50 || databases != 50 || distinct != 50 {
+		t.Fatalf("%d installations with %d assigned databases (%d distinct), want 50 each", installations, databases, distinct)
+	}
+	assertShardMatchesCatalog(t, ctx, pool, shard.DSN("postgres"))
+}
+
+// assertShardMatchesCatalog waits (the sweeper drops what killed workers
+// left) until the shard holds exactly the catalog's warm and assigned
+// databases, each carrying its own identity.
+func assertShardMatchesCatalog(t *testing.T, ctx context.Context, control *pgxpool.Pool, shardDSN string) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, shardDSN)
+	must(t, err)
+	defer conn.Close(ctx)
+	var onShard, inCatalog []string
+	testkit.Eventually(t, 2*time.Minute, "the shard to hold exactly the catalog's databases", func() (bool, error) {
+		rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE 't\_%' ORDER BY 1`)
+		if err != nil {
+			return false, err
+		}
+		onShard, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return false, err
+		}
+		rows, err = control.Query(ctx, `SELECT name FROM tenant_databases WHERE state IN ('warm', 'assigned') ORDER BY 1`)
+		if err != nil {
+			return false, err
+		}
+		inCatalog, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return slices.Equal(onShard, inCatalog), fmt.Errorf("shard has %d, catalog %d", len(onShard), len(inCatalog))
+	})
+}
+
+func errOf[T any](_ T, err error) error { return err }
+
+// The README's flow: plinth dev starts with embedded defaults, a tenant is
+// created with one CLI command and ends active with its database on a
+// shard; Ctrl-C stops everything; a second start is refused while one runs;
+// a restart reuses the state; after kill -9 the next start adopts the
+// clusters it left running.
+func TestDevStackFlow(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Context(t, 5*time.Minute)
+	if _, err := localpg.FindBinDir(); err != nil {
+		testkit.Unavailable(t, "%v", err)
+	}
+	home := testkit.Dir(t)
+	env := []string{"PLINTH_HOME=" + home, "PLINTH_DATABASE_URL="}
+
+	startDev := func() (*exec.Cmd, *bytes.Buffer) {
+		var out bytes.Buffer
+		dev := plinth(ctx, env, "dev", "--listen", "127.0.0.1:0", "--shards", "2", "--warm-pool", "1")
+		dev.Stdout, dev.Stderr = &out, &out
+		must(t, dev.Start())
+		testkit.Eventually(t, 2*time.Minute, "plinth dev to be ready", func() (bool, error) {
+			return strings.Contains(out.String(), "Plinth is running"), fmt.Errorf("output so far: %s", out.String())
+		})
+		return dev, &out
+	}
+	run := func(args ...string) (string, error) {
+		out, err := plinth(ctx, env, args...).CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() { devstack.StopClusters(home) })
+
+	dev, out := startDev()
+	if !strings.Contains(out.String(), "tenant create acme --wait") {
+		t.Fatalf("the banner does not show how to create a tenant:\n%s", out)
+	}
+	got, err := run("tenant", "create", "acme", "--wait", "-o", "json")
+	if err != nil {
+		t.Fatalf("tenant create: %v\n%s", err, got)
+	}
+	var created api.TenantResponse
+	must(t, json.Unmarshal([]byte(got), &created))
+	inst := created.Tenant.Installations
+	if created.Tenant.State != catalog.StateActive || len(inst) != 1 || inst[0].Product != devstack.SampleProduct || inst[0].Database == "" {
+		t.Fatalf("created tenant: %s", got)
+	}
+	st, err := devstack.ReadState(home)
+	must(t, err)
+	shardPort := st.Shards[slices.IndexFunc(st.Shards, func(s devstack.ClusterInfo) bool { return s.Name == inst[0].Shard })].Port
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://plinth:%s@127.0.0.1:%d/%s", st.Password, shardPort, inst[0].Database))
+	must(t, err)
+	var tenantID string
+	must(t, conn.QueryRow(ctx, `SELECT tenant_id::text FROM plinth.identity`).Scan(&tenantID))
+	conn.Close(ctx)
+	if tenantID != created.Tenant.ID.String() {
+		t.Fatalf("database identity says tenant %s, want %s", tenantID, created.Tenant.ID)
+	}
+
+	if got, err := run("dev", "--listen", "127.0.0.1:0"); err == nil || !strings.Contains(got, "already running") {
+		t.Fatalf("a second plinth dev: %v\n%s", err, got)
+	}
+
+	must(t, dev.Process.Signal(os.Interrupt))
+	must(t, dev.Wait())
+	if got, err := run("tenant", "list"); err == nil {
+		t.Fatalf("the API still answers after Ctrl-C:\n%s", got)
+	}
+
+	dev, _ = startDev()
+	if got, err := run("tenant", "get", "acme"); err != nil || !strings.Contains(got, "active") {
+		t.Fatalf("after a restart, tenant get: %v\n%s", err, got)
+	}
+	must(t, dev.Process.Signal(syscall.SIGKILL))
+	_ = dev.Wait()
+	dev, out = startDev()
+	if !strings.Contains(out.String(), "Adopted Postgres") {
+		t.Fatalf("after kill -9 the next start did not adopt the clusters:\n%s", out)
+	}
+	if got, err := run("tenant", "create", "globex", "--wait"); err != nil {
+		t.Fatalf("tenant create after adoption: %v\n%s", err, got)
+	}
+	must(t, dev.Process.Signal(os.Interrupt))
+	must(t, dev.Wait())
+}
+
+func TestCLIErrors(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Context(t, time.Minute)
+	home := t.TempDir()
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tenant", "list"}, "no Plinth API to talk to"},
+		{[]string{"tenant", "create"}, "accepts 1 arg"},
+		{[]string{"tenant", "purge", "acme"}, "--reason"},
+		{[]string{"-o", "yaml", "tenant", "list"}, "--output must be table or json"},
+		{[]string{"serve", "--role", "edge"}, "unknown role"},
+		{[]string{"serve", "--role", "worker"}, "no control database"},
+		{[]string{"product", "register", "x", "--migrations", "/nonexistent"}, "--migrations /nonexistent"},
+		{[]string{"dev", "--shards", "99"}, "--shards must be between 1 and 16"},
+		{[]string{"tenant", "list", "--bogus"}, "unknown flag"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			out, err := plinth(ctx, []string{"PLINTH_HOME=" + home, "PLINTH_URL=", "PLINTH_TOKEN=", "PLINTH_DATABASE_URL="}, tt.args...).CombinedOutput()
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			if err == nil || !strings.Contains(string(out), tt.want) || len(lines) != 1 || !strings.HasPrefix(lines[0], "plinth: ") {
+				t.Fatalf("exit %v, output %q: want a non-zero exit and one line 'plinth: …%s…'", err, out, tt.want)
+			}
+		})
+	}
+}
