@@ -3,6 +3,7 @@ package catalog
 import (
 	"regexp"
 	"slices"
+	"strings"
 )
 
 var slugPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$`)
@@ -32,7 +33,7 @@ func ValidateSlug(s string) error {
 	case !slugPattern.MatchString(s):
 		return Invalid("invalid_slug",
 			"slug %q must be lower-case letters, digits and hyphens, starting and ending with a letter or digit", s)
-	case s[2:4] == "--":
+	case strings.HasPrefix(s[2:], "--"):
 		return Invalid("invalid_slug", "slug %q must not have hyphens in 3rd and 4th position (IDN-style labels are refused)", s)
 	case slices.Contains(ReservedSlugs, s):
 		return Invalid("reserved_slug", "slug %q is reserved", s)
