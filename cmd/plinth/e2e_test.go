@@ -173,7 +173,9 @@ func assertShardMatchesCatalog(t *testing.T, ctx context.Context, control *pgxpo
 		if err != nil {
 			return false, err
 		}
-		inCatalog, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if inCatalog, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return false, err
+		}
 		return slices.Equal(onShard, inCatalog), fmt.Errorf("shard has %d, catalog %d", len(onShard), len(inCatalog))
 	})
 }
@@ -289,5 +291,23 @@ func TestCLIErrors(t *testing.T) {
 				t.Fatalf("exit %v, output %q: want a non-zero exit and one line 'plinth: …%s…'", err, out, tt.want)
 			}
 		})
+	}
+}
+
+// The benchmark runs end to end and prints its table (no timing asserted).
+func TestBenchProvisionSmoke(t *testing.T) {
+	t.Parallel()
+	if _, err := localpg.FindBinDir(); err != nil {
+		testkit.Unavailable(t, "%v", err)
+	}
+	ctx := testkit.Context(t, 5*time.Minute)
+	out, err := plinth(ctx, nil, "bench", "provision", "--tenants", "3", "--scale", "5", "--concurrency", "2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	for _, want := range []string{"(a) raw CREATE DATABASE", "(b) Plinth cold", "(c) Plinth warm pool", "(b)/(a) at p50", "5 tenants on one shard", "0 errors"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("bench output lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -45,6 +45,36 @@ next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 	cmd.Flags().BoolVar(&cfg.Reset, "reset", false, "wipe PLINTH_HOME first")
 	cmd.Flags().StringVar(&cfg.Listen, "listen", devstack.ListenDefault, "control API address")
 	cmd.Flags().IntVar(&cfg.WarmPool, "warm-pool", devstack.WarmPoolDefault, "warm databases of the sample product per shard")
+	cmd.AddCommand(devPsqlCmd(g))
+	return cmd
+}
+
+func devPsqlCmd(g *globals) *cobra.Command {
+	var product string
+	cmd := &cobra.Command{
+		Use:   "psql TENANT [-- PSQL ARGS…]",
+		Short: "Open psql on a tenant's database on the local fleet plinth dev runs",
+		Example: `  plinth dev psql acme
+  plinth dev psql acme -- -c 'SELECT * FROM plinth.identity'`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			t, err := c.GetTenant(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			psql, err := devstack.PsqlCommand(cmd.Context(), g.homeDir(), t, product, args[1:])
+			if err != nil {
+				return err
+			}
+			psql.Stdin, psql.Stdout, psql.Stderr = os.Stdin, os.Stdout, os.Stderr
+			return psql.Run()
+		},
+	}
+	cmd.Flags().StringVar(&product, "product", "", "which product's database (default: the tenant's only or first one)")
 	return cmd
 }
 

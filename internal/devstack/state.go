@@ -1,12 +1,18 @@
 package devstack
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+
+	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 )
 
 // File names under PLINTH_HOME.
@@ -92,4 +98,43 @@ func readOrCreateToken(home string, generate func() string) (string, error) {
 	}
 	tok = generate()
 	return tok, os.WriteFile(filepath.Join(home, tokenFile), []byte(tok+"\n"), 0o600)
+}
+
+// PsqlCommand returns a psql command connected to the tenant's database of
+// product (its first one when empty) on the local fleet of home.
+func PsqlCommand(ctx context.Context, home string, t catalog.Tenant, product string, args []string) (*exec.Cmd, error) {
+	st, err := ReadState(home)
+	if err != nil {
+		return nil, err
+	}
+	var inst *catalog.Installation
+	for i := range t.Installations {
+		if product == "" || t.Installations[i].Product == product {
+			inst = &t.Installations[i]
+			break
+		}
+	}
+	if inst == nil || inst.Database == "" {
+		return nil, fmt.Errorf("tenant %s has no database for product %q", t.Slug, product)
+	}
+	port := 0
+	for _, s := range st.Shards {
+		if s.Name == inst.Shard {
+			port = s.Port
+		}
+	}
+	if port == 0 {
+		return nil, fmt.Errorf("shard %s is not one plinth dev runs in %s", inst.Shard, home)
+	}
+	bin, err := exec.LookPath("psql")
+	if err != nil {
+		dir, derr := localpg.FindBinDir()
+		if derr != nil {
+			return nil, errors.New("psql not found: install the PostgreSQL client")
+		}
+		bin = filepath.Join(dir, "psql")
+	}
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", localpg.Superuser, inst.Database}, args...)...)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+st.Password)
+	return cmd, nil
 }

@@ -100,7 +100,9 @@ func (w *refillWorker) fill(ctx context.Context, def catalog.WarmDeficit, n int)
 		return errors.New("shard is full")
 	}
 	for _, d := range intents {
-		if err := w.create(ctx, shard, d, nil, nil); err != nil {
+		// No connection to the new database: its identity (with its own ID)
+		// is stamped when a tenant claims it, which keeps refills light.
+		if err := w.create(ctx, shard, d); err != nil {
 			// Leave the intent: the sweeper drops it once it is stale.
 			return err
 		}

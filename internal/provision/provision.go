@@ -44,7 +44,7 @@ const (
 	SweepIntervalDefault  = time.Minute
 	AbandonAfterDefault   = 10 * time.Minute
 	RetentionDefault      = 30 * 24 * time.Hour
-	FetchCooldownDefault  = 5 * time.Millisecond
+	FetchCooldownDefault  = time.Millisecond
 )
 
 // Config configures provisioning. Zero values take the defaults above.
@@ -190,7 +190,11 @@ func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 // that accept requests but do not run workers).
 func NewInserter(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	cfg = cfg.withDefaults()
-	return river.NewClient(riverpgxv5.New(pool), &river.Config{Logger: quiet(cfg.Logger), MaxAttempts: cfg.MaxAttempts})
+	// FetchCooldown also paces this client's insert notifications: keep it
+	// as short as the workers', so they hear of each new job at once.
+	return river.NewClient(riverpgxv5.New(pool), &river.Config{
+		Logger: quiet(cfg.Logger), MaxAttempts: cfg.MaxAttempts, FetchCooldown: cfg.FetchCooldown,
+	})
 }
 
 // NewWorker returns a River client that runs the lifecycle workers and the

@@ -58,9 +58,16 @@ func (w *provisionWorker) NextRetry(job *river.Job[ProvisionArgs]) time.Time {
 	return w.backoff(job.Attempt)
 }
 
-// Work provisions every pending installation of the tenant, then makes the
-// tenant active. On its last attempt it fails the tenant instead, with the
-// reason, and leaves what it recorded for `tenant retry` to resume.
+// Work provisions every pending installation of the tenant, activates the
+// tenant, then stamps the tenant's identity into its databases. On its last
+// attempt it fails the tenant instead, with the reason, and leaves what it
+// recorded for `tenant retry` to resume.
+//
+// The identity is stamped after activation on purpose: a database is
+// complete and migrated the moment CREATE DATABASE … TEMPLATE returns, and a
+// new connection costs a Postgres backend start (25 ms on a small VM), so it
+// is kept off the path a new tenant waits on. The job does not complete
+// until every database is stamped; a retry on an active tenant stamps again.
 func (w *provisionWorker) Work(ctx context.Context, job *river.Job[ProvisionArgs]) error {
 	args := job.Args
 	log := w.log.With("tenant_id", args.TenantID, "operation_id", args.OperationID, "attempt", job.Attempt)
@@ -70,7 +77,9 @@ func (w *provisionWorker) Work(ctx context.Context, job *river.Job[ProvisionArgs
 		if claimedWarm {
 			w.kickRefill(ctx)
 		}
-		return nil
+		if err = w.stampAll(ctx, args.TenantID); err == nil {
+			return nil
+		}
 	}
 	if !finalAttempt(err, job.Attempt, job.MaxAttempts) {
 		log.Warn("provisioning attempt failed; will retry", "error", err)
@@ -101,13 +110,18 @@ func (w *provisionWorker) provision(ctx context.Context, args ProvisionArgs) (cl
 		if inst.State == catalog.InstallationReady {
 			continue
 		}
-		warm, err := w.installation(ctx, t, inst)
+		warm, err := w.installation(ctx, inst)
 		if err != nil {
 			return false, fmt.Errorf("provision %s: %w", inst.Product, err)
 		}
 		claimedWarm = claimedWarm || warm
 	}
 	err = w.store.InTx(ctx, func(tx *catalog.Store) error {
+		for _, inst := range t.Installations {
+			if err := tx.SetInstallationState(ctx, inst.ID, catalog.InstallationReady); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Transition(ctx, catalog.TransitionParams{
 			TenantID: t.ID, Action: "provisioned", Actor: ActorProvisioner,
 			From: []catalog.TenantState{catalog.StateProvisioning}, To: catalog.StateActive,
@@ -119,56 +133,63 @@ func (w *provisionWorker) provision(ctx context.Context, args ProvisionArgs) (cl
 	return claimedWarm, err
 }
 
-// installation gives one installation its database: reserve (claim warm or
-// record the intent to create), create from the template when needed, stamp
-// the tenant's identity into it, mark the installation ready.
-func (w *provisionWorker) installation(ctx context.Context, t catalog.Tenant, inst catalog.Installation) (warm bool, err error) {
+// installation gives one installation its database: reserve it (claim a
+// warm one, or record the intent to create one), and create it from the
+// product template when needed.
+func (w *provisionWorker) installation(ctx context.Context, inst catalog.Installation) (warm bool, err error) {
 	d, warm, err := w.store.ReserveDatabase(ctx, inst.ID)
 	if err != nil {
 		return false, err
+	}
+	if d.State != catalog.DatabaseCreating {
+		return warm, nil
 	}
 	shard, err := w.shard(ctx, d.Shard)
 	if err != nil {
 		return false, err
 	}
-	if d.State == catalog.DatabaseCreating {
-		if err := w.create(ctx, shard, d, &t.ID, &inst.ID); err != nil {
-			w.abandonIfShardDown(ctx, shard, d)
-			return false, err
-		}
-		if _, err := w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseAssigned); err != nil {
-			return false, err
-		}
-	} else if err := shard.Stamp(ctx, d.Name, d.ID, &t.ID, &inst.ID); err != nil {
-		if errors.Is(err, tenantdb.ErrIdentityMismatch) {
-			return false, permanent(err)
-		}
+	if err := w.create(ctx, shard, d); err != nil {
+		w.abandonIfShardDown(ctx, shard, d)
 		return false, err
 	}
-	return warm, w.store.SetInstallationState(ctx, inst.ID, catalog.InstallationReady)
+	_, err = w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseAssigned)
+	return false, err
 }
 
-// create creates database d from its product's template at d's version and
-// stamps its identity (tenant and installation nil for a warm database).
-func (w *workers) create(ctx context.Context, shard *tenantdb.Shard, d catalog.Database, tenant, inst *uuid.UUID) error {
-	ms, err := w.store.Migrations(ctx, d.Product, d.SchemaVersion)
-	if err != nil {
+// stampAll records in each of an active tenant's databases which tenant and
+// installation it belongs to.
+func (w *provisionWorker) stampAll(ctx context.Context, tenantID uuid.UUID) error {
+	t, err := w.store.GetTenantByID(ctx, tenantID)
+	if err != nil || t.State != catalog.StateActive {
 		return err
 	}
-	tpl, err := shard.EnsureTemplate(ctx, d.Product, ms)
-	if err != nil {
-		return err
-	}
-	if err := shard.Create(ctx, d.Name, tpl); err != nil {
-		return err
-	}
-	if err := shard.Stamp(ctx, d.Name, d.ID, tenant, inst); err != nil {
-		if errors.Is(err, tenantdb.ErrIdentityMismatch) {
-			return permanent(err)
+	for _, inst := range t.Installations {
+		if inst.DatabaseID == nil {
+			continue
 		}
-		return err
+		shard, err := w.shard(ctx, inst.Shard)
+		if err != nil {
+			return err
+		}
+		if err := shard.Stamp(ctx, inst.Database, *inst.DatabaseID, &t.ID, &inst.ID); err != nil {
+			if errors.Is(err, tenantdb.ErrIdentityMismatch) {
+				return permanent(err) // someone else's database: needs a person, not a retry
+			}
+			return fmt.Errorf("stamp identity of %s: %w", inst.Database, err)
+		}
 	}
 	return nil
+}
+
+// create creates database d from its product's template at d's version.
+func (w *workers) create(ctx context.Context, shard *tenantdb.Shard, d catalog.Database) error {
+	tpl, err := shard.EnsureTemplate(ctx, d.Product, d.SchemaVersion, func() ([]catalog.Migration, error) {
+		return w.store.Migrations(ctx, d.Product, d.SchemaVersion)
+	})
+	if err != nil {
+		return err
+	}
+	return shard.Create(ctx, d.Name, tpl)
 }
 
 // abandonIfShardDown gives up a database being created on a shard that does

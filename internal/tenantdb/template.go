@@ -17,18 +17,29 @@ import (
 const versionTable = "plinth.goose_db_version"
 
 // EnsureTemplate makes sure the shard has the template database of the
-// product at the version of its last migration, building it when missing,
-// and returns its name. Builders on several workers take turns through an
-// advisory lock on the shard; a build that crashed halfway is thrown away
-// and done again, since the template gets its final name only when complete.
-func (s *Shard) EnsureTemplate(ctx context.Context, product string, ms []catalog.Migration) (string, error) {
-	if len(ms) == 0 {
-		return "", fmt.Errorf("template for %s: product has no migrations", product)
-	}
-	version := ms[len(ms)-1].Version
+// product at version, building it with the migrations load returns when it
+// is missing, and returns its name. Templates known to exist are
+// remembered, so the common case costs no query. Builders on several
+// workers take turns through an advisory lock on the shard; a build that
+// crashed halfway is thrown away and done again, since the template gets its
+// final name only when complete.
+func (s *Shard) EnsureTemplate(ctx context.Context, product string, version int64, load func() ([]catalog.Migration, error)) (string, error) {
 	name := TemplateName(product, version)
+	if _, ok := s.templates.Load(name); ok {
+		return name, nil
+	}
 	if ready, err := s.templateReady(ctx, name); err != nil || ready {
+		if ready {
+			s.templates.Store(name, true)
+		}
 		return name, err
+	}
+	ms, err := load()
+	if err != nil {
+		return "", err
+	}
+	if len(ms) == 0 || ms[len(ms)-1].Version != version {
+		return "", fmt.Errorf("template %s: the migrations do not end at version %d", name, version)
 	}
 	conn, err := s.Admin.Acquire(ctx)
 	if err != nil {
@@ -68,6 +79,7 @@ func (s *Shard) EnsureTemplate(ctx context.Context, product string, ms []catalog
 			return "", fmt.Errorf("mark template %s: %w", name, err)
 		}
 	}
+	s.templates.Store(name, true)
 	return name, nil
 }
 
@@ -143,6 +155,7 @@ func sanitizeName(name string) string {
 
 // DropTemplate drops a product template that is no longer current.
 func (s *Shard) DropTemplate(ctx context.Context, name string) error {
+	s.templates.Delete(name)
 	if _, err := s.Admin.Exec(ctx, "ALTER DATABASE "+quote(name)+" WITH IS_TEMPLATE false"); err != nil {
 		if ok, _ := s.Exists(ctx, name); !ok {
 			return nil

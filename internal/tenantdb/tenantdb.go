@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,6 +28,8 @@ type Shard struct {
 	Name   string
 	Admin  *pgxpool.Pool
 	config *pgx.ConnConfig
+	// templates remembers template databases known to exist.
+	templates sync.Map
 }
 
 // NewShard returns a Shard from a pool on its maintenance database.
@@ -80,6 +83,7 @@ func (s *Shard) Create(ctx context.Context, name, template string) error {
 		return nil
 	}
 	if err != nil {
+		s.templates.Delete(template) // it may be gone: look again next time
 		return fmt.Errorf("create database %s from %s on shard %s: %w", name, template, s.Name, err)
 	}
 	return nil
