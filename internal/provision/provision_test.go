@@ -203,7 +203,7 @@ func TestProvisionCold(t *testing.T) {
 	conn, err := pgx.Connect(b.ctx, b.shard.DSN(inst.Database))
 	must(t, err)
 	defer conn.Close(b.ctx)
-	_, err = conn.Exec(b.ctx, `INSERT INTO notes (body) VALUES ('hello') RETURNING created_at`)
+	_, err = conn.Exec(b.ctx, `INSERT INTO public.notes (body) VALUES ('hello') RETURNING created_at`)
 	must(t, err)
 
 	audit, err := b.store.ListAudit(b.ctx, "tenant", tn.ID.String(), 10)

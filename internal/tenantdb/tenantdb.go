@@ -37,10 +37,19 @@ func NewShard(name string, admin *pgxpool.Pool) *Shard {
 	return &Shard{Name: name, Admin: admin, config: admin.Config().ConnConfig}
 }
 
-// ConnConfig returns the configuration to connect to database db on the shard.
+// ConnConfig returns the configuration to connect to database db on the
+// shard. The search path is pinned to public: with the default
+// ("$user", public) a role named like Plinth's own schema would resolve to
+// it, and product migrations would create their tables inside plinth.
 func (s *Shard) ConnConfig(db string) *pgx.ConnConfig {
 	c := s.config.Copy()
 	c.Database = db
+	params := make(map[string]string, len(c.RuntimeParams)+1)
+	for k, v := range c.RuntimeParams {
+		params[k] = v
+	}
+	params["search_path"] = "public"
+	c.RuntimeParams = params
 	return c
 }
 

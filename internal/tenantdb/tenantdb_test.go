@@ -128,7 +128,13 @@ func TestMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "INSERT INTO b VALUES (1)"); err != nil {
+	if _, err := conn.Exec(ctx, "INSERT INTO public.b VALUES (1)"); err != nil {
 		t.Fatalf("migration 2 did not run: %v", err)
+	}
+	// Product tables land in public, never in Plinth's schema, even though
+	// the role is named plinth (and "$user" would resolve to it).
+	var inPlinth int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'plinth' AND tablename IN ('a', 'b')`).Scan(&inPlinth); err != nil || inPlinth != 0 {
+		t.Fatalf("%d product tables in the plinth schema (%v)", inPlinth, err)
 	}
 }
