@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/plinth-platform/plinth/internal/api"
@@ -34,17 +35,23 @@ func migrateControl(ctx context.Context, pool *pgxpool.Pool) error {
 }
 
 type bundle struct {
-	ctx    context.Context
-	client *api.Client
-	base   string
-	pool   *pgxpool.Pool
-	check  *validator
+	ctx      context.Context
+	client   *api.Client
+	base     string
+	pool     *pgxpool.Pool
+	check    *validator
+	shardDSN string
 }
 
 // setup starts the control API and a worker on a fresh control database,
-// with region r1, shard s1 (the package's cluster) and product notes.
-func setup(t *testing.T) bundle {
+// with region r1, shard s1 (the package's cluster, or a cluster of the
+// test's own) and product notes.
+func setup(t *testing.T, ownShard ...bool) bundle {
 	t.Helper()
+	shard := testkit.SharedCluster(t)
+	if len(ownShard) > 0 && ownShard[0] {
+		shard = testkit.NewCluster(t)
+	}
 	ctx := testkit.Context(t, 3*time.Minute)
 	_, dsn := testkit.MigratedDatabase(t, "control", migrateControl)
 	srv, err := server.Start(ctx, server.Config{
@@ -61,12 +68,12 @@ func setup(t *testing.T) bundle {
 		_ = srv.Stop(ctx)
 	})
 	v := newValidator(t)
-	b := bundle{ctx: ctx, base: "http://" + srv.Addr(), pool: srv.Pool(), check: v}
+	b := bundle{ctx: ctx, base: "http://" + srv.Addr(), pool: srv.Pool(), check: v, shardDSN: shard.DSN("postgres")}
 	b.client = api.NewClient(b.base, token)
 	b.client.HTTP = &http.Client{Transport: v, Timeout: time.Minute}
 
 	must(t, err1(b.client.CreateRegion(ctx, api.CreateRegionRequest{Name: "r1"})))
-	must(t, err1(b.client.CreateShard(ctx, api.CreateShardRequest{Name: "s1", Region: "r1", DSN: testkit.SharedCluster(t).DSN("postgres")})))
+	must(t, err1(b.client.CreateShard(ctx, api.CreateShardRequest{Name: "s1", Region: "r1", DSN: b.shardDSN})))
 	must(t, err1(b.client.RegisterProduct(ctx, api.RegisterProductRequest{Name: "notes", Default: true, Migrations: []catalog.Migration{
 		{Version: 1, Name: "notes", SQL: "-- +goose Up\nCREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL);"},
 		{Version: 2, Name: "notes_created", SQL: "-- +goose Up\nALTER TABLE notes ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();"},
@@ -117,7 +124,12 @@ func (b bundle) snapshot(t *testing.T) string {
 		(SELECT count(*) FROM operations), (SELECT count(*) FROM audit_log),
 		(SELECT coalesce(max(version), 0) FROM change_log), (SELECT count(*) FROM regions), (SELECT count(*) FROM shards))`).Scan(&s)
 	must(t, err)
-	return s
+	conn, err := pgx.Connect(b.ctx, b.shardDSN)
+	must(t, err)
+	defer conn.Close(b.ctx)
+	var dbs string
+	must(t, conn.QueryRow(b.ctx, `SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '') FROM pg_database`).Scan(&dbs))
+	return s + "; shard databases: " + dbs
 }
 
 func (b bundle) createActive(t *testing.T, slug string) catalog.Tenant {
@@ -200,7 +212,7 @@ func TestTenantLifecycleOverHTTP(t *testing.T) {
 
 func TestBadRequestsChangeNothing(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setup(t, true) // a shard of its own, so its databases can be compared exactly
 	b.createActive(t, "taken")
 	auth := "Bearer " + token
 	json := "application/json"

@@ -9,6 +9,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -314,13 +315,13 @@ func decode(r *http.Request, v any, optional bool) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, "bad_body", "could not read the body")
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
+	if len(bytes.TrimSpace(body)) == 0 {
 		if optional {
 			return nil
 		}
 		return errorf(http.StatusBadRequest, "invalid_json", "the body must be a JSON object")
 	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return errorf(http.StatusBadRequest, "invalid_json", "the body is not valid JSON for this request: %s", jsonErrorText(err))
