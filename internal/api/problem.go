@@ -1,36 +1,16 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/problem"
 )
 
-// ProblemTypeBase prefixes the type URI of every problem.
-const ProblemTypeBase = "https://plinth.dev/problems/"
-
-// Problem is an RFC 9457 problem document with a stable machine-readable
-// code and the request's ID.
-type Problem struct {
-	Type      string `json:"type"`
-	Title     string `json:"title"`
-	Status    int    `json:"status"`
-	Detail    string `json:"detail,omitempty"`
-	Instance  string `json:"instance,omitempty"`
-	Code      string `json:"code"`
-	RequestID string `json:"request_id,omitempty"`
-}
-
-func (p *Problem) Error() string {
-	if p.Detail != "" {
-		return fmt.Sprintf("%s (%d %s)", p.Detail, p.Status, p.Code)
-	}
-	return fmt.Sprintf("%s (%d %s)", p.Title, p.Status, p.Code)
-}
+// Problem is the API's error document (RFC 9457).
+type Problem = problem.Problem
 
 // httpError is an error a handler returns to answer with a given status and
 // code; what it says is shown to the client.
@@ -75,12 +55,6 @@ func problemFor(err error) (p *Problem, internal bool) {
 }
 
 func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
-	p.Type = ProblemTypeBase + strings.ReplaceAll(p.Code, "_", "-")
-	p.Title = http.StatusText(p.Status)
-	p.Instance = r.URL.Path
 	p.RequestID = w.Header().Get(headerRequestID)
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(p.Status)
-	_ = json.NewEncoder(w).Encode(p)
+	problem.Write(w, r, p)
 }

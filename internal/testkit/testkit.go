@@ -1,9 +1,10 @@
-// Package testkit gives tests real Postgres: one local cluster shared by a
-// test package (started on first use, stopped by Main), a fresh database
-// per test, databases cloned from a template migrated once per package, and
-// whole clusters of their own for tests that stop or kill a server.
+// Package testkit gives tests real services. Postgres: one local cluster
+// shared by a test package (started on first use, stopped by Main), a fresh
+// database per test, databases cloned from a template migrated once per
+// package, and whole clusters of their own for tests that stop or kill a
+// server. Redis: a client on the machine's test Redis.
 //
-// A test that cannot get Postgres fails when CI is set (a missing service is
+// A test that cannot get a service fails when CI is set (a missing service is
 // never a silent skip there) and is skipped with a message otherwise.
 package testkit
 
@@ -19,6 +20,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 )
@@ -270,4 +272,23 @@ func Eventually(t testing.TB, d time.Duration, what string, cond func() (bool, e
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s (last error: %v)", d, what, lastErr)
+}
+
+// Redis returns a client on the test Redis ($PLINTH_TEST_REDIS or
+// 127.0.0.1:6379). Tests must use keys unique to themselves.
+func Redis(t testing.TB) *redis.Client {
+	t.Helper()
+	addr := os.Getenv("PLINTH_TEST_REDIS")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		c.Close()
+		Unavailable(t, "Redis at %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -1,0 +1,200 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+)
+
+// RepositoryConfig configures a Repository.
+type RepositoryConfig struct {
+	// BaseURL is the control plane's URL; keys are at <BaseURL>/v1/keys/<kid>.
+	BaseURL string
+	HTTP    *http.Client
+	// MissTTL is how long a kid the repository does not know is remembered
+	// as unknown (default 30s).
+	MissTTL time.Duration
+	// IssuerFetchInterval is how often keys of one issuer may be fetched
+	// (default 1s, burst 5); FetchesPerSecond caps all fetches (default 10,
+	// burst 20). Together they bound what a flood of unknown kids costs the
+	// repository.
+	IssuerFetchInterval time.Duration
+	FetchesPerSecond    float64
+	// DefaultTTL applies when a response has no max-age (default 5m).
+	DefaultTTL time.Duration
+	Now        func() time.Time
+}
+
+// Repository is a KeySource backed by the control plane's key repository.
+// Keys are cached for the max-age the repository sends; one fetch per kid is
+// in flight at a time; when the repository is down, cached keys keep working
+// past their max-age.
+type Repository struct {
+	cfg     RepositoryConfig
+	group   singleflight.Group
+	global  *rate.Limiter
+	fetches atomic.Int64
+
+	mu       sync.Mutex
+	keys     map[string]cachedKey
+	misses   map[string]time.Time // kid -> unknown until
+	issuers  map[string]*rate.Limiter
+	lastErrs atomic.Int64
+}
+
+type cachedKey struct {
+	key   PublicKey
+	fresh time.Time
+}
+
+// NewRepository returns a Repository.
+func NewRepository(cfg RepositoryConfig) *Repository {
+	if cfg.HTTP == nil {
+		cfg.HTTP = &http.Client{Timeout: 5 * time.Second}
+	}
+	if cfg.MissTTL == 0 {
+		cfg.MissTTL = 30 * time.Second
+	}
+	if cfg.IssuerFetchInterval == 0 {
+		cfg.IssuerFetchInterval = time.Second
+	}
+	if cfg.FetchesPerSecond == 0 {
+		cfg.FetchesPerSecond = 10
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = 5 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+	return &Repository{
+		cfg: cfg, global: rate.NewLimiter(rate.Limit(cfg.FetchesPerSecond), 20),
+		keys: map[string]cachedKey{}, misses: map[string]time.Time{}, issuers: map[string]*rate.Limiter{},
+	}
+}
+
+// Fetches returns how many times the repository was asked for a key.
+func (r *Repository) Fetches() int64 { return r.fetches.Load() }
+
+// Key returns the public key kid names.
+func (r *Repository) Key(ctx context.Context, kid string) (PublicKey, error) {
+	issuer, err := ValidateKid(kid)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	cached, ok := r.keys[kid]
+	if ok && now.Before(cached.fresh) {
+		r.mu.Unlock()
+		return cached.key, nil
+	}
+	if until, missed := r.misses[kid]; missed && now.Before(until) {
+		r.mu.Unlock()
+		return PublicKey{}, refuse("unknown_key", "key %s is not in the key repository", kid)
+	}
+	allowed := r.issuerLimiter(issuer).Allow() && r.global.Allow()
+	r.mu.Unlock()
+	if !allowed {
+		if ok {
+			return cached.key, nil
+		}
+		return PublicKey{}, refuse("unknown_key", "key %s is unknown and key fetches are rate limited", kid)
+	}
+	v, err, _ := r.group.Do(kid, func() (any, error) { return r.fetch(ctx, kid) })
+	if err != nil {
+		if ok && Code(err) != "unknown_key" {
+			return cached.key, nil // stale-if-error: the repository is down, the key is not gone
+		}
+		return PublicKey{}, err
+	}
+	return v.(PublicKey), nil
+}
+
+func (r *Repository) issuerLimiter(issuer string) *rate.Limiter {
+	l, ok := r.issuers[issuer]
+	if !ok {
+		if len(r.issuers) >= 10000 {
+			clear(r.issuers)
+		}
+		l = rate.NewLimiter(rate.Every(r.cfg.IssuerFetchInterval), 5)
+		r.issuers[issuer] = l
+	}
+	return l
+}
+
+func (r *Repository) fetch(ctx context.Context, kid string) (PublicKey, error) {
+	r.fetches.Add(1)
+	req, err := http.NewRequestWithContext(ctx, "GET", r.cfg.BaseURL+"/v1/keys/"+kid, nil)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	resp, err := r.cfg.HTTP.Do(req)
+	if err != nil {
+		r.lastErrs.Add(1)
+		return PublicKey{}, &Error{Code: "key_repository_unavailable", Message: "the key repository is unreachable", Err: err}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return PublicKey{}, &Error{Code: "key_repository_unavailable", Message: "reading from the key repository failed", Err: err}
+	}
+	now := r.cfg.Now()
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		r.mu.Lock()
+		if len(r.misses) >= 10000 {
+			clear(r.misses)
+		}
+		r.misses[kid] = now.Add(r.cfg.MissTTL)
+		r.mu.Unlock()
+		return PublicKey{}, refuse("unknown_key", "key %s is not in the key repository", kid)
+	case resp.StatusCode != http.StatusOK:
+		return PublicKey{}, &Error{Code: "key_repository_unavailable",
+			Message: fmt.Sprintf("the key repository answered %d", resp.StatusCode)}
+	}
+	key, err := ParsePublicKeyPEM(kid, body)
+	if err != nil {
+		return PublicKey{}, &Error{Code: "unknown_key", Message: "the key repository returned an unusable key", Err: err}
+	}
+	r.mu.Lock()
+	r.keys[kid] = cachedKey{key: key, fresh: now.Add(maxAge(resp.Header.Get("Cache-Control"), r.cfg.DefaultTTL))}
+	delete(r.misses, kid)
+	r.mu.Unlock()
+	return key, nil
+}
+
+// maxAge reads max-age from a Cache-Control header, kept between 10s and
+// 1h; def when absent.
+func maxAge(cc string, def time.Duration) time.Duration {
+	for _, part := range strings.Split(cc, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(part), "max-age="); ok {
+			if n, err := strconv.Atoi(v); err == nil {
+				return min(max(time.Duration(n)*time.Second, 10*time.Second), time.Hour)
+			}
+		}
+	}
+	return def
+}
+
+// StaticKeys is a KeySource over a fixed set of keys (tests, and services
+// that pin their callers' keys).
+type StaticKeys map[string]PublicKey
+
+// Key implements KeySource.
+func (s StaticKeys) Key(_ context.Context, kid string) (PublicKey, error) {
+	if k, ok := s[kid]; ok {
+		return k, nil
+	}
+	return PublicKey{}, refuse("unknown_key", "key %s is unknown", kid)
+}
