@@ -372,4 +372,3 @@ func TestValidateKid(t *testing.T) {
 		}
 	}
 }
-
