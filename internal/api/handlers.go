@@ -310,18 +310,16 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return catalog.NotFound("operation_not_found", "operation %q does not exist", truncate(r.PathValue("id"), 40))
 	}
-	var wait time.Duration
-	if v := r.URL.Query().Get("wait"); v != "" {
-		if wait, err = time.ParseDuration(v); err != nil || wait < 0 || wait > maxWait {
-			return catalog.Invalid("invalid_wait", "wait must be a duration between 0s and %s, such as 30s", maxWait)
-		}
+	wait, err := waitParam(r)
+	if err != nil {
+		return err
 	}
 	deadline := time.Now().Add(wait)
 	for {
 		var done <-chan struct{}
 		cancel := func() {}
 		if s.cfg.Notifier != nil {
-			done, cancel = s.cfg.Notifier.Wait(id.String())
+			done, cancel = s.cfg.Notifier.WaitOperation(id.String())
 		}
 		op, err := s.store(r).GetOperation(r.Context(), id)
 		if err != nil || op.State != catalog.OperationRunning || time.Now().After(deadline) {

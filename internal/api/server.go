@@ -80,7 +80,7 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 type route struct {
 	method, path string
 	handler      handlerFunc
-	public       bool // no token needed
+	public       bool // no admin token needed (the handler may check a service credential)
 	idempotent   bool // honours Idempotency-Key
 	maxBody      int64
 }
@@ -136,6 +136,18 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/v1/tenants/{ref}/audit", handler: s.tenantAudit},
 		{method: "GET", path: "/v1/operations/{id}", handler: s.getOperation},
 		{method: "GET", path: "/v1/changes", handler: s.listChanges},
+		{method: "GET", path: "/v1/services", handler: s.listServices},
+		{method: "POST", path: "/v1/services", handler: s.createService, idempotent: true},
+		{method: "GET", path: "/v1/services/{name}", handler: s.getService},
+		{method: "PUT", path: "/v1/services/{name}", handler: s.updateService},
+		{method: "POST", path: "/v1/services/{name}/rotate-keys", handler: s.rotateKeys, idempotent: true},
+		{method: "POST", path: "/v1/services/{name}/instances", handler: s.registerInstance, public: true},
+		{method: "POST", path: "/v1/services/{name}/instances/{id}/heartbeat", handler: s.heartbeat, public: true},
+		{method: "POST", path: "/v1/services/{name}/instances/{id}/keys", handler: s.publishKey, public: true},
+		{method: "DELETE", path: "/v1/services/{name}/instances/{id}", handler: s.deregisterInstance, public: true},
+		{method: "GET", path: "/v1/services/{name}/endpoints", handler: s.endpoints, public: true},
+		{method: "GET", path: "/v1/keys/{issuer}", handler: s.issuerKeys, public: true},
+		{method: "GET", path: "/v1/keys/{issuer}/{keyname}", handler: s.publicKey, public: true},
 	}
 	for _, a := range catalog.Actions {
 		rs = append(rs, route{method: "POST", path: "/v1/tenants/{ref}/" + string(a), handler: s.tenantAction(a), idempotent: true})
@@ -349,6 +361,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// encodeJSON writes v with 200 and the headers the handler set.
+func encodeJSON(w http.ResponseWriter, v any) error {
 	return json.NewEncoder(w).Encode(v)
 }
 

@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"crypto/ecdsa"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -78,6 +79,17 @@ func TestEveryAlgorithm(t *testing.T) {
 			pub, err := auth.ParsePublicKeyPEM(key.Kid, key.Public().PEM())
 			if err != nil || pub.Alg != alg {
 				t.Fatalf("PEM round trip: %v alg %s", err, pub.Alg)
+			}
+			// And through the JWKS the key repository serves.
+			fromJWK, err := key.Public().JWK().PublicKey()
+			if err != nil || fromJWK.Alg != alg {
+				t.Fatalf("JWK round trip: %v alg %s", err, fromJWK.Alg)
+			}
+			for _, k := range []auth.PublicKey{pub, fromJWK} {
+				v := auth.NewVerifier(auth.VerifierConfig{Audience: "notes", Keys: auth.StaticKeys{key.Kid: k}})
+				if _, err := v.Verify(context.Background(), tok); err != nil {
+					t.Fatal(err)
+				}
 			}
 			v := auth.NewVerifier(auth.VerifierConfig{Audience: "notes", Keys: auth.StaticKeys{key.Kid: pub}})
 			c, err := v.Verify(context.Background(), tok)
@@ -238,12 +250,13 @@ func newKeyServer(t *testing.T, key *auth.PrivateKey) *keyServer {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		if r.URL.Path != "/v1/keys/"+key.Kid {
+		issuer, _ := auth.ValidateKid(key.Kid)
+		if r.URL.Path != "/v1/keys/"+issuer {
 			http.NotFound(w, r)
 			return
 		}
 		w.Header().Set("Cache-Control", "max-age=60")
-		_, _ = w.Write(key.Public().PEM())
+		_ = json.NewEncoder(w).Encode(auth.JWKS{Keys: []auth.JWK{key.Public().JWK()}})
 	}))
 	t.Cleanup(ks.Close)
 	return ks

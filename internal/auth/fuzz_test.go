@@ -101,3 +101,26 @@ func BenchmarkVerifyCold(b *testing.B) {
 		i++
 	}
 }
+
+// JWK conversion never panics, and accepts only the three key types, each
+// with its own algorithm.
+func FuzzJWK(f *testing.F) {
+	for _, alg := range []Alg{ES256, EdDSA} {
+		k, _ := GenerateKey(alg, "edge/k1")
+		j := k.Public().JWK()
+		f.Add(j.Kty, j.Crv, j.Alg, j.X, j.Y, j.N, j.E)
+	}
+	f.Add("RSA", "", "RS256", "", "", "AQAB", "AQAB")
+	f.Fuzz(func(t *testing.T, kty, crv, alg, x, y, n, e string) {
+		k, err := JWK{Kty: kty, Kid: "edge/k1", Crv: crv, Alg: alg, X: x, Y: y, N: n, E: e}.PublicKey()
+		if err != nil {
+			return
+		}
+		if (k.Alg == ES256 && kty != "EC") || (k.Alg == RS256 && kty != "RSA") || (k.Alg == EdDSA && kty != "OKP") {
+			t.Fatalf("kty %s became %s", kty, k.Alg)
+		}
+		if alg != "" && Alg(alg) != k.Alg {
+			t.Fatalf("alg %s accepted for a %s key", alg, k.Alg)
+		}
+	})
+}

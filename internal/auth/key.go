@@ -168,3 +168,55 @@ func pad32(n *big.Int) []byte {
 	b := make([]byte, 32)
 	return n.FillBytes(b)
 }
+
+// JWKS is a set of JSON Web Keys, as the key repository serves one issuer's keys.
+type JWKS struct {
+	Keys []JWK `json:"keys"`
+}
+
+// PublicKey converts a JWK into a verification key, refusing anything but
+// P-256 (ES256), RSA of 2048 bits or more (RS256) and Ed25519 (EdDSA), and
+// an alg that does not match the key's type.
+func (j JWK) PublicKey() (PublicKey, error) {
+	if _, err := ValidateKid(j.Kid); err != nil {
+		return PublicKey{}, err
+	}
+	dec := base64.RawURLEncoding.DecodeString
+	k := PublicKey{Kid: j.Kid}
+	switch {
+	case j.Kty == "EC" && j.Crv == "P-256":
+		x, errX := dec(j.X)
+		y, errY := dec(j.Y)
+		if errX != nil || errY != nil || len(x) != 32 || len(y) != 32 {
+			return PublicKey{}, errors.New("bad P-256 coordinates")
+		}
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+		if err != nil {
+			return PublicKey{}, fmt.Errorf("bad P-256 key: %w", err)
+		}
+		k.Alg, k.key = ES256, pub
+	case j.Kty == "RSA":
+		n, errN := dec(j.N)
+		e, errE := dec(j.E)
+		if errN != nil || errE != nil || len(e) == 0 || len(e) > 4 {
+			return PublicKey{}, errors.New("bad RSA key")
+		}
+		pub := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
+		if pub.N.BitLen() < 2048 || pub.E < 3 || pub.E%2 == 0 {
+			return PublicKey{}, errors.New("RSA keys must have at least 2048 bits and an odd exponent")
+		}
+		k.Alg, k.key = RS256, pub
+	case j.Kty == "OKP" && j.Crv == "Ed25519":
+		x, err := dec(j.X)
+		if err != nil || len(x) != ed25519.PublicKeySize {
+			return PublicKey{}, errors.New("bad Ed25519 key")
+		}
+		k.Alg, k.key = EdDSA, ed25519.PublicKey(x)
+	default:
+		return PublicKey{}, fmt.Errorf("unsupported key type %q %q", j.Kty, j.Crv)
+	}
+	if j.Alg != "" && Alg(j.Alg) != k.Alg {
+		return PublicKey{}, fmt.Errorf("key %s is %s but claims alg %s", j.Kid, k.Alg, j.Alg)
+	}
+	return k, nil
+}

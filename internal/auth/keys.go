@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,7 +18,8 @@ import (
 
 // RepositoryConfig configures a Repository.
 type RepositoryConfig struct {
-	// BaseURL is the control plane's URL; keys are at <BaseURL>/v1/keys/<kid>.
+	// BaseURL is the control plane's URL; an issuer's keys are at
+	// <BaseURL>/v1/keys/<issuer> (a JWKS).
 	BaseURL string
 	HTTP    *http.Client
 	// MissTTL is how long a kid the repository does not know is remembered
@@ -35,9 +37,10 @@ type RepositoryConfig struct {
 }
 
 // Repository is a KeySource backed by the control plane's key repository.
-// Keys are cached for the max-age the repository sends; one fetch per kid is
-// in flight at a time; when the repository is down, cached keys keep working
-// past their max-age.
+// An unknown kid fetches its issuer's whole key set, so one request learns
+// every key a rotation published. Keys are cached for the max-age the
+// repository sends; one fetch per issuer is in flight at a time; when the
+// repository is down, cached keys keep working past their max-age.
 type Repository struct {
 	cfg     RepositoryConfig
 	group   singleflight.Group
@@ -48,7 +51,6 @@ type Repository struct {
 	keys     map[string]cachedKey
 	misses   map[string]time.Time // kid -> unknown until
 	issuers  map[string]*rate.Limiter
-	lastErrs atomic.Int64
 }
 
 type cachedKey struct {
@@ -111,14 +113,23 @@ func (r *Repository) Key(ctx context.Context, kid string) (PublicKey, error) {
 		}
 		return PublicKey{}, refuse("unknown_key", "key %s is unknown and key fetches are rate limited", kid)
 	}
-	v, err, _ := r.group.Do(kid, func() (any, error) { return r.fetch(ctx, kid) })
+	_, err, _ = r.group.Do(issuer, func() (any, error) { return nil, r.fetch(ctx, issuer) })
 	if err != nil {
-		if ok && Code(err) != "unknown_key" {
+		if ok {
 			return cached.key, nil // stale-if-error: the repository is down, the key is not gone
 		}
 		return PublicKey{}, err
 	}
-	return v.(PublicKey), nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if k, found := r.keys[kid]; found && !k.fresh.Before(now) {
+		return k.key, nil
+	}
+	if len(r.misses) >= 10000 {
+		clear(r.misses)
+	}
+	r.misses[kid] = now.Add(r.cfg.MissTTL)
+	return PublicKey{}, refuse("unknown_key", "key %s is not in the key repository", kid)
 }
 
 func (r *Repository) issuerLimiter(issuer string) *rate.Limiter {
@@ -133,45 +144,44 @@ func (r *Repository) issuerLimiter(issuer string) *rate.Limiter {
 	return l
 }
 
-func (r *Repository) fetch(ctx context.Context, kid string) (PublicKey, error) {
+// fetch loads every published key of issuer into the cache.
+func (r *Repository) fetch(ctx context.Context, issuer string) error {
 	r.fetches.Add(1)
-	req, err := http.NewRequestWithContext(ctx, "GET", r.cfg.BaseURL+"/v1/keys/"+kid, nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", r.cfg.BaseURL+"/v1/keys/"+issuer, nil)
 	if err != nil {
-		return PublicKey{}, err
+		return err
 	}
 	resp, err := r.cfg.HTTP.Do(req)
 	if err != nil {
-		r.lastErrs.Add(1)
-		return PublicKey{}, &Error{Code: "key_repository_unavailable", Message: "the key repository is unreachable", Err: err}
+		return &Error{Code: "key_repository_unavailable", Message: "the key repository is unreachable", Err: err}
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return PublicKey{}, &Error{Code: "key_repository_unavailable", Message: "reading from the key repository failed", Err: err}
+		return &Error{Code: "key_repository_unavailable", Message: "reading from the key repository failed", Err: err}
 	}
-	now := r.cfg.Now()
-	switch {
-	case resp.StatusCode == http.StatusNotFound:
-		r.mu.Lock()
-		if len(r.misses) >= 10000 {
-			clear(r.misses)
-		}
-		r.misses[kid] = now.Add(r.cfg.MissTTL)
-		r.mu.Unlock()
-		return PublicKey{}, refuse("unknown_key", "key %s is not in the key repository", kid)
-	case resp.StatusCode != http.StatusOK:
-		return PublicKey{}, &Error{Code: "key_repository_unavailable",
-			Message: fmt.Sprintf("the key repository answered %d", resp.StatusCode)}
+	if resp.StatusCode == http.StatusNotFound {
+		return nil // an issuer without keys: every kid of it is unknown
 	}
-	key, err := ParsePublicKeyPEM(kid, body)
-	if err != nil {
-		return PublicKey{}, &Error{Code: "unknown_key", Message: "the key repository returned an unusable key", Err: err}
+	if resp.StatusCode != http.StatusOK {
+		return &Error{Code: "key_repository_unavailable", Message: fmt.Sprintf("the key repository answered %d", resp.StatusCode)}
 	}
+	var set JWKS
+	if err := json.Unmarshal(body, &set); err != nil {
+		return &Error{Code: "key_repository_unavailable", Message: "the key repository sent an unreadable key set", Err: err}
+	}
+	fresh := r.cfg.Now().Add(maxAge(resp.Header.Get("Cache-Control"), r.cfg.DefaultTTL))
 	r.mu.Lock()
-	r.keys[kid] = cachedKey{key: key, fresh: now.Add(maxAge(resp.Header.Get("Cache-Control"), r.cfg.DefaultTTL))}
-	delete(r.misses, kid)
-	r.mu.Unlock()
-	return key, nil
+	defer r.mu.Unlock()
+	for _, j := range set.Keys {
+		k, err := j.PublicKey()
+		if err != nil || !strings.HasPrefix(k.Kid, issuer+"/") {
+			continue // a key that is unusable or not the issuer's is never trusted
+		}
+		r.keys[k.Kid] = cachedKey{key: k, fresh: fresh}
+		delete(r.misses, k.Kid)
+	}
+	return nil
 }
 
 // maxAge reads max-age from a Cache-Control header, kept between 10s and

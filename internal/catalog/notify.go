@@ -9,11 +9,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Notifier listens for operations finishing (the plinth_operations
-// channel, sent by a trigger at commit) and wakes whoever waits on them, so
-// that `--wait` and long polls answer within milliseconds without polling
-// the database. Waiters still poll now and then, so a lost connection costs
-// latency, never a missed finish.
+// Notifier listens for operations finishing (plinth_operations) and for
+// catalog changes (plinth_changes), both sent by triggers at commit, and
+// wakes whoever waits on them, so that `--wait` and long polls answer within
+// milliseconds without polling the database. Waiters still poll now and
+// then, so a lost connection costs latency, never a missed event.
 type Notifier struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
@@ -46,7 +46,7 @@ func (n *Notifier) listen(ctx context.Context) error {
 		return err
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `LISTEN plinth_operations`); err != nil {
+	if _, err := conn.Exec(ctx, `LISTEN plinth_operations; LISTEN plinth_changes`); err != nil {
 		return err
 	}
 	// The connection goes back to the pool afterwards: stop listening first.
@@ -56,18 +56,34 @@ func (n *Notifier) listen(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		key := changesKey
+		if msg.Channel == "plinth_operations" {
+			key = "op:" + msg.Payload
+		}
 		n.mu.Lock()
-		for _, ch := range n.waiters[msg.Payload] {
+		for _, ch := range n.waiters[key] {
 			close(ch)
 		}
-		delete(n.waiters, msg.Payload)
+		delete(n.waiters, key)
 		n.mu.Unlock()
 	}
 }
 
-// Wait returns a channel closed when the operation id finishes (or soon
-// after). Call cancel when no longer waiting.
-func (n *Notifier) Wait(id string) (done <-chan struct{}, cancel func()) {
+const changesKey = "changes"
+
+// WaitOperation returns a channel closed when the operation id finishes.
+// Call cancel when no longer waiting.
+func (n *Notifier) WaitOperation(id string) (done <-chan struct{}, cancel func()) {
+	return n.wait("op:" + id)
+}
+
+// WaitChange returns a channel closed at the next catalog commit that
+// changes anything. Call cancel when no longer waiting.
+func (n *Notifier) WaitChange() (done <-chan struct{}, cancel func()) {
+	return n.wait(changesKey)
+}
+
+func (n *Notifier) wait(id string) (done <-chan struct{}, cancel func()) {
 	ch := make(chan struct{})
 	n.mu.Lock()
 	n.waiters[id] = append(n.waiters[id], ch)

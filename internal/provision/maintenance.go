@@ -121,15 +121,31 @@ type sweepWorker struct {
 func (w *sweepWorker) Timeout(*river.Job[SweepArgs]) time.Duration { return 10 * time.Minute }
 
 // Work drops databases marked for dropping (abandoned intents, retired warm
-// databases), fails operations whose job ended without finishing them, and
-// queues purges of tenants whose retention ended.
+// databases), fails operations whose job ended without finishing them,
+// queues purges of tenants whose retention ended, and removes service
+// instances that stopped heartbeating.
 func (w *sweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
 	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
 	if err != nil {
 		return err
 	}
 	return errors.Join(w.dropMarked(ctx), w.failOrphanedOperations(ctx, client), w.purgeExpired(ctx, client),
-		w.forgetIdempotencyKeys(ctx))
+		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx))
+}
+
+// Service instances not heard from for a minute are gone (killed without
+// deregistering); their keys expire once no token signed with them is valid.
+const (
+	instanceDeadAfter = time.Minute
+	instanceKeyGrace  = time.Hour + 30*time.Second
+)
+
+func (w *sweepWorker) sweepInstances(ctx context.Context) error {
+	n, err := w.store.SweepInstances(ctx, instanceDeadAfter, instanceKeyGrace)
+	if n > 0 {
+		w.log.Info("removed dead service instances", "count", n)
+	}
+	return err
 }
 
 func (w *sweepWorker) dropMarked(ctx context.Context) error {
