@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -65,12 +66,24 @@ func shardCmd(g *globals) *cobra.Command {
 
 func shardAddCmd(g *globals) *cobra.Command {
 	var req api.CreateShardRequest
+	var dsnFile string
 	cmd := &cobra.Command{
-		Use:     "add",
-		Short:   "Register a Postgres server (14+, a role with CREATEDB) as a shard",
-		Example: `  plinth shard add --region local-1 --dsn postgres://plinth:secret@10.0.0.5:5432/postgres --capacity 2000`,
-		Args:    cobra.NoArgs,
+		Use:   "add",
+		Short: "Register a Postgres server (14+, a role with CREATEDB) as a shard",
+		Example: `  plinth shard add --region local-1 --dsn-file ./shard-1.dsn --capacity 2000
+  plinth shard add --region local-1 --dsn postgres://plinth:secret@10.0.0.5:5432/postgres`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (req.DSN == "") == (dsnFile == "") {
+				return fmt.Errorf("give the shard's DSN with --dsn-file (keeps the password out of ps) or --dsn")
+			}
+			if dsnFile != "" {
+				data, err := os.ReadFile(dsnFile)
+				if err != nil {
+					return fmt.Errorf("--dsn-file: %w", err)
+				}
+				req.DSN = strings.TrimSpace(string(data))
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -96,10 +109,10 @@ func shardAddCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&req.Name, "name", "", "shard name (default: <region>-s<n>)")
 	cmd.Flags().StringVar(&req.Region, "region", "", "region the shard belongs to (required)")
-	cmd.Flags().StringVar(&req.DSN, "dsn", "", "connection string of the server's maintenance database (required)")
+	cmd.Flags().StringVar(&req.DSN, "dsn", "", "connection string of the server's maintenance database")
+	cmd.Flags().StringVar(&dsnFile, "dsn-file", "", "file holding the connection string (keeps its password out of the process list)")
 	cmd.Flags().IntVar(&req.Capacity, "capacity", api.ShardCapacityDefault, "how many tenant databases it may hold")
 	_ = cmd.MarkFlagRequired("region")
-	_ = cmd.MarkFlagRequired("dsn")
 	return cmd
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -204,7 +205,15 @@ func (s *Server) setWarmPool(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
-	p, err := s.store(r).SetWarmPool(r.Context(), r.PathValue("shard"), r.PathValue("product"), req.Size)
+	var p catalog.WarmPool
+	err := s.store(r).InTx(r.Context(), func(tx *catalog.Store) error {
+		var err error
+		if p, err = tx.SetWarmPool(r.Context(), r.PathValue("shard"), r.PathValue("product"), req.Size); err != nil {
+			return err
+		}
+		return tx.Audit(r.Context(), catalog.AuditEntry{Actor: ActorAdmin, Action: "warm_pool.set", TargetKind: "warm_pool",
+			TargetID: p.Shard + "/" + p.Product, ToState: strconv.Itoa(p.Size), RequestID: requestID(r)})
+	})
 	if err != nil {
 		return err
 	}
@@ -364,6 +373,9 @@ func (s *Server) listChanges(w http.ResponseWriter, r *http.Request) error {
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

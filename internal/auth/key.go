@@ -153,8 +153,12 @@ func (k PublicKey) JWK() JWK {
 	j := JWK{Kid: k.Kid, Alg: string(k.Alg), Use: "sig"}
 	switch p := k.key.(type) {
 	case *ecdsa.PublicKey:
+		pt, err := p.Bytes() // 0x04 || X || Y
+		if err != nil || len(pt) != 65 {
+			panic("P-256 key without an uncompressed encoding") // only keys made or parsed here reach this
+		}
 		j.Kty, j.Crv = "EC", "P-256"
-		j.X, j.Y = b64(pad32(p.X)), b64(pad32(p.Y))
+		j.X, j.Y = b64(pt[1:33]), b64(pt[33:])
 	case *rsa.PublicKey:
 		j.Kty = "RSA"
 		j.N, j.E = b64(p.N.Bytes()), b64(big.NewInt(int64(p.E)).Bytes())

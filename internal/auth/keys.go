@@ -47,10 +47,10 @@ type Repository struct {
 	global  *rate.Limiter
 	fetches atomic.Int64
 
-	mu       sync.Mutex
-	keys     map[string]cachedKey
-	misses   map[string]time.Time // kid -> unknown until
-	issuers  map[string]*rate.Limiter
+	mu      sync.Mutex
+	keys    map[string]cachedKey
+	misses  map[string]time.Time // kid -> unknown until
+	issuers map[string]*rate.Limiter
 }
 
 type cachedKey struct {

@@ -437,6 +437,8 @@ func TestRegisterProductHistoryIsAppendOnly(t *testing.T) {
 		{"unordered", []catalog.Migration{m2, m1}, "invalid_migrations"},
 		{"no annotation", []catalog.Migration{{Version: 1, Name: "x", SQL: "CREATE TABLE a (id int);"}}, "invalid_migrations"},
 		{"plinth schema", []catalog.Migration{{Version: 1, Name: "x", SQL: "-- +goose Up\nDROP TABLE plinth.identity;"}}, "invalid_migrations"},
+		{"inserted before the current version", []catalog.Migration{m1, {Version: 2, Name: "two", SQL: m2.SQL},
+			{Version: 3, Name: "three", SQL: m3.SQL}, {Version: 5, Name: "five", SQL: m3.SQL}, {Version: 4, Name: "four", SQL: m3.SQL}}, "invalid_migrations"},
 		{"empty", nil, "invalid_migrations"},
 	}
 	for _, tt := range tests {
@@ -450,6 +452,15 @@ func TestRegisterProductHistoryIsAppendOnly(t *testing.T) {
 	if p.CurrentVersion != 3 {
 		t.Fatalf("refused registrations changed the version to %d", p.CurrentVersion)
 	}
+	// A migration slotted in below the current version is refused, not
+	// silently skipped.
+	m10 := catalog.Migration{Version: 10, Name: "ten", SQL: m1.SQL}
+	m20 := catalog.Migration{Version: 20, Name: "twenty", SQL: m2.SQL}
+	_, _, err = b.store.RegisterProduct(b.ctx, catalog.RegisterProductParams{Name: "gappy", Migrations: []catalog.Migration{m10, m20}})
+	must(t, err)
+	_, _, err = b.store.RegisterProduct(b.ctx, catalog.RegisterProductParams{Name: "gappy",
+		Migrations: []catalog.Migration{m10, {Version: 15, Name: "fifteen", SQL: m3.SQL}, m20}})
+	wantCode(t, err, "migration_out_of_order")
 }
 
 func TestReserveDatabasePlacement(t *testing.T) {
@@ -461,9 +472,10 @@ func TestReserveDatabasePlacement(t *testing.T) {
 		return tn.Installations[0].ID
 	}
 
-	// Fill s1 a little so s2 has the most free capacity.
-	for range 3 {
-		must(t, err1(b.store.ReserveWarm(b.ctx, "s1", "notes", 1, 1)))
+	// Fill s1 a little (warm intents count as used) so s2 has the most free capacity.
+	must(t, err1(b.store.SetWarmPool(b.ctx, "s1", "notes", 4)))
+	if got, err := b.store.ReserveWarm(b.ctx, "s1", "notes", 2, 3); err != nil || len(got) != 3 {
+		t.Fatalf("reserved %d warm intents (%v), want 3", len(got), err)
 	}
 	inst := newInst("acme")
 	d, _, err := b.store.ReserveDatabase(b.ctx, inst)
@@ -584,6 +596,18 @@ func TestWarmPools(t *testing.T) {
 	if len(ds) != 0 {
 		t.Fatalf("full pool still has deficits %+v", ds)
 	}
+	// A second refill that computed its deficit earlier reserves nothing more.
+	more, err := b.store.ReserveWarm(b.ctx, "s1", "notes", 2, 3)
+	must(t, err)
+	if len(more) != 0 {
+		t.Fatalf("a full pool got %d more intents", len(more))
+	}
+	// Pool sizes are catalog changes like any other.
+	var logged int
+	must(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM change_log WHERE entity = 'warm_pools' AND entity_id = 's1/notes'`).Scan(&logged))
+	if logged == 0 {
+		t.Fatal("setting a warm pool size left no change-log row")
+	}
 	// Shrinking the pool retires the surplus.
 	must(t, err1(b.store.SetWarmPool(b.ctx, "s1", "notes", 1)))
 	n, err := b.store.RetireWarm(b.ctx)
@@ -595,4 +619,19 @@ func TestWarmPools(t *testing.T) {
 	wantCode(t, err, "shard_not_found")
 	_, err = b.store.SetWarmPool(b.ctx, "s1", "notes", 1001)
 	wantCode(t, err, "invalid_size")
+}
+
+func TestTruncateKeepsUTF8Valid(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"héllo", 2, "h"}, {"héllo", 3, "hé"}, {"日本語", 4, "日"}, {"abc", 10, "abc"}, {"日本語", 0, ""},
+	} {
+		if got := catalog.Truncate(tt.in, tt.n); got != tt.want {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
 }

@@ -110,28 +110,34 @@ func (s *Store) ReserveDatabase(ctx context.Context, installationID uuid.UUID) (
 	return d, claimedWarm, err
 }
 
-// lockShardWithCapacity picks the eligible shard of region with the most
-// free capacity and locks its row, so that concurrent placements on it are
-// counted one after another and never overfill it.
+// lockShardWithCapacity locks the rows of every eligible shard of region,
+// in name order (so two placements never deadlock), then picks the one with
+// the most free capacity by counting again under the locks: concurrent
+// placements are counted one after another and never overfill a shard, and
+// a shard drained or marked unhealthy meanwhile is not picked.
 func (s *Store) lockShardWithCapacity(ctx context.Context, region string) (string, error) {
-	rows, err := s.q.Query(ctx, `SELECT name FROM (`+eligibleShards+`) e WHERE free > 0 ORDER BY free DESC, name`, region)
+	rows, err := s.q.Query(ctx, `SELECT name FROM shards
+		WHERE region = $1 AND NOT draining AND health = 'healthy'
+		ORDER BY name FOR NO KEY UPDATE`, region)
 	if err != nil {
-		return "", fmt.Errorf("place database: %w", err)
+		return "", fmt.Errorf("lock shards: %w", err)
 	}
-	candidates, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	locked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return "", fmt.Errorf("place database: %w", err)
+		return "", fmt.Errorf("lock shards: %w", err)
 	}
-	for _, name := range candidates {
-		free, err := s.lockFree(ctx, name)
-		if err != nil {
-			return "", err
-		}
-		if free > 0 {
-			return name, nil
+	var best string
+	if len(locked) > 0 {
+		err = s.q.QueryRow(ctx, `SELECT name FROM (`+eligibleShards+`) e
+			WHERE free > 0 AND name = ANY($2) ORDER BY free DESC, name LIMIT 1`, region, locked).Scan(&best)
+		if err != nil && !isNoRows(err) {
+			return "", fmt.Errorf("place database: %w", err)
 		}
 	}
-	return "", Unavailable("no_capacity", "no shard in region %s can take a database: %s", region, s.whyNoCapacity(ctx, region))
+	if best == "" {
+		return "", Unavailable("no_capacity", "no shard in region %s can take a database: %s", region, s.whyNoCapacity(ctx, region))
+	}
+	return best, nil
 }
 
 // whyNoCapacity says, shard by shard, why none of a region's shards can take
@@ -258,7 +264,9 @@ func (s *Store) WarmDeficits(ctx context.Context) ([]WarmDeficit, error) {
 }
 
 // ReserveWarm records the intent to create up to n warm databases of a
-// product on a shard, within the shard's free capacity.
+// product on a shard, within what the pool lacks and the shard's free
+// capacity, both counted under the shard's lock (so concurrent refills
+// never overfill a pool).
 func (s *Store) ReserveWarm(ctx context.Context, shard, product string, version int64, n int) ([]Database, error) {
 	var out []Database
 	err := s.InTx(ctx, func(tx *Store) error {
@@ -266,7 +274,18 @@ func (s *Store) ReserveWarm(ctx context.Context, shard, product string, version 
 		if err != nil {
 			return err
 		}
-		for range min(n, free) {
+		var missing int
+		err = tx.q.QueryRow(ctx, `
+			SELECT coalesce(w.size, p.warm_pool_size) - (
+				SELECT count(*) FROM tenant_databases d
+				WHERE d.shard = $1 AND d.product = $2 AND d.installation_id IS NULL
+				  AND ((d.state = 'warm' AND d.schema_version = $3) OR d.state = 'creating'))
+			FROM products p LEFT JOIN warm_pools w ON w.shard = $1 AND w.product = p.name
+			WHERE p.name = $2`, shard, product, version).Scan(&missing)
+		if err != nil {
+			return fmt.Errorf("count warm pool: %w", err)
+		}
+		for range max(min(n, free, missing), 0) {
 			d, err := tx.insertIntent(ctx, shard, product, version, nil)
 			if err != nil {
 				return err

@@ -67,7 +67,9 @@ func (s *Store) CreateShard(ctx context.Context, sh Shard) (Shard, error) {
 	if sh.Capacity <= 0 {
 		return Shard{}, Invalid("invalid_capacity", "capacity must be a positive number of databases")
 	}
-	if !s.regionExists(ctx, sh.Region) {
+	if ok, err := s.regionExists(ctx, sh.Region); err != nil {
+		return Shard{}, err
+	} else if !ok {
 		return Shard{}, NotFound("region_not_found", "region %q does not exist", sh.Region)
 	}
 	_, err := s.q.Exec(ctx,
@@ -79,10 +81,12 @@ func (s *Store) CreateShard(ctx context.Context, sh Shard) (Shard, error) {
 	return s.GetShard(ctx, sh.Name)
 }
 
-func (s *Store) regionExists(ctx context.Context, name string) bool {
+func (s *Store) regionExists(ctx context.Context, name string) (bool, error) {
 	var ok bool
-	_ = s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM regions WHERE name = $1)`, name).Scan(&ok)
-	return ok
+	if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM regions WHERE name = $1)`, name).Scan(&ok); err != nil {
+		return false, fmt.Errorf("look up region: %w", err)
+	}
+	return ok, nil
 }
 
 // GetShard returns one shard.
@@ -126,7 +130,7 @@ func (s *Store) SetDraining(ctx context.Context, name string, draining bool) (Sh
 func (s *Store) RecordProbe(ctx context.Context, shard string, probeErr error, failures int) (changed bool, err error) {
 	msg := ""
 	if probeErr != nil {
-		msg = truncate(probeErr.Error(), 500)
+		msg = Truncate(probeErr.Error(), 500)
 	}
 	var consecutive int
 	err = s.q.QueryRow(ctx, `

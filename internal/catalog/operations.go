@@ -43,7 +43,7 @@ func (s *Store) SetOperationJob(ctx context.Context, id uuid.UUID, jobID int64) 
 func (s *Store) FinishOperation(ctx context.Context, id uuid.UUID, state OperationState, msg string) error {
 	_, err := s.q.Exec(ctx, `
 		UPDATE operations SET state = $2, error = $3, updated_at = now(), finished_at = now()
-		WHERE id = $1 AND state = 'running'`, id, state, truncate(msg, 2000))
+		WHERE id = $1 AND state = 'running'`, id, state, Truncate(msg, 2000))
 	if err != nil {
 		return fmt.Errorf("finish operation: %w", err)
 	}

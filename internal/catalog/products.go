@@ -118,8 +118,16 @@ func (s *Store) RegisterProduct(ctx context.Context, p RegisterProductParams) (P
 					"migration %d (%s) differs from the registered one; add a new migration instead", old.Version, old.Name)
 			}
 		}
+		registered := make(map[int64]bool, len(existing))
+		for _, old := range existing {
+			registered[old.Version] = true
+		}
 		for _, m := range p.Migrations {
 			if m.Version <= current {
+				if !registered[m.Version] {
+					return Conflict("migration_out_of_order",
+						"migration %d (%s) comes before the current version %d: new migrations must come after it", m.Version, m.Name, current)
+				}
 				continue
 			}
 			if _, err := tx.q.Exec(ctx,

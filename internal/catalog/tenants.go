@@ -68,7 +68,11 @@ func (s *Store) CreateTenant(ctx context.Context, p CreateTenantParams) (Tenant,
 
 func (s *Store) resolveRegion(ctx context.Context, region string) (string, error) {
 	if region != "" {
-		if !s.regionExists(ctx, region) {
+		ok, err := s.regionExists(ctx, region)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
 			return "", Invalid("unknown_region", "region %q does not exist", truncate(region, 40))
 		}
 		return region, nil
@@ -319,11 +323,15 @@ func (s *Store) Transition(ctx context.Context, p TransitionParams) (Tenant, err
 	return t, err
 }
 
-// ExpiredTenants returns deleted tenants whose retention window has ended.
+// ExpiredTenants returns deleted tenants whose retention window has ended,
+// leaving out those being purged and those whose purge failed in the last
+// hour (they are retried later, and must not hold up the others).
 func (s *Store) ExpiredTenants(ctx context.Context, limit int) ([]uuid.UUID, error) {
 	rows, err := s.q.Query(ctx, `
-		SELECT id FROM tenants WHERE state = 'deleted' AND purge_after <= now()
-		ORDER BY purge_after LIMIT $1`, limit)
+		SELECT t.id FROM tenants t WHERE t.state = 'deleted' AND t.purge_after <= now()
+		  AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.tenant_id = t.id AND o.kind = 'purge'
+			AND (o.state = 'running' OR (o.state = 'failed' AND o.finished_at > now() - interval '1 hour')))
+		ORDER BY t.purge_after LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("expired tenants: %w", err)
 	}

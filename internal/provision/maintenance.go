@@ -35,7 +35,8 @@ func (w *healthWorker) Work(ctx context.Context, _ *river.Job[HealthArgs]) error
 		}
 		changed, rerr := w.store.RecordProbe(ctx, sh.Name, err, w.cfg.UnhealthyAfter)
 		if rerr != nil {
-			return rerr
+			w.log.Error("record shard probe", "shard", sh.Name, "error", rerr)
+			continue // the other shards still get probed
 		}
 		if changed {
 			w.log.Warn("shard health changed", "shard", sh.Name, "healthy", err == nil, "error", err)
@@ -106,8 +107,15 @@ func (w *refillWorker) fill(ctx context.Context, def catalog.WarmDeficit, n int)
 			// Leave the intent: the sweeper drops it once it is stale.
 			return err
 		}
-		if _, err := w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseWarm); err != nil {
+		ok, err := w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseWarm)
+		if err != nil {
 			return err
+		}
+		if !ok {
+			// The sweeper gave the intent up while we created it: what we
+			// made has no record any more, so it goes.
+			_ = shard.Drop(ctx, d.Name)
+			return fmt.Errorf("warm database %s was abandoned while it was being created", d.Name)
 		}
 	}
 	return nil
@@ -155,6 +163,14 @@ func (w *sweepWorker) dropMarked(ctx context.Context) error {
 	}
 	for _, d := range dbs {
 		shard, err := w.shard(ctx, d.Shard)
+		if err == nil {
+			// A CREATE DATABASE still running for it (its worker died but the
+			// server finishes the command) would recreate it after the drop.
+			var busy bool
+			if busy, err = shard.BeingCreated(ctx, d.Name); err == nil && busy {
+				continue // the next sweep
+			}
+		}
 		if err == nil {
 			err = shard.Drop(ctx, d.Name)
 		}

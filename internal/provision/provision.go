@@ -42,7 +42,7 @@ const (
 	HealthIntervalDefault = 10 * time.Second
 	RefillIntervalDefault = 30 * time.Second
 	SweepIntervalDefault  = time.Minute
-	AbandonAfterDefault   = 10 * time.Minute
+	AbandonAfterDefault   = 30 * time.Minute // well past the refill job's timeout
 	RetentionDefault      = 30 * 24 * time.Hour
 	FetchCooldownDefault  = time.Millisecond
 )
@@ -212,9 +212,9 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(ws, &refillWorker{workers: w})
 	river.AddWorker(ws, &sweepWorker{workers: w})
 	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
-	periodic := func(every time.Duration, args river.JobArgs) *river.PeriodicJob {
+	periodic := func(every time.Duration, args river.JobArgs, opts *river.InsertOpts) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
-			func() (river.JobArgs, *river.InsertOpts) { return args, maintenance },
+			func() (river.JobArgs, *river.InsertOpts) { return args, opts },
 			&river.PeriodicJobOpts{RunOnStart: true})
 	}
 	return river.NewClient(riverpgxv5.New(pool), &river.Config{
@@ -230,14 +230,15 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 			queueMaintenance: {MaxWorkers: 2},
 		},
 		PeriodicJobs: []*river.PeriodicJob{
-			periodic(cfg.HealthInterval, HealthArgs{}),
-			periodic(cfg.RefillInterval, RefillArgs{}),
-			periodic(cfg.SweepInterval, SweepArgs{}),
+			periodic(cfg.HealthInterval, HealthArgs{}, maintenance),
+			periodic(cfg.RefillInterval, RefillArgs{}, refillOpts), // one refill at a time
+			periodic(cfg.SweepInterval, SweepArgs{}, maintenance),
 		},
 	})
 }
 
-// refillOpts makes an on-demand refill unique while one is waiting or running.
+// refillOpts keeps refills (periodic or on demand) to one waiting or
+// running at a time.
 var refillOpts = &river.InsertOpts{
 	Queue:       queueMaintenance,
 	MaxAttempts: 1,

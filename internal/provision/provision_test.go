@@ -378,3 +378,50 @@ func TestIllegalActions(t *testing.T) {
 		t.Fatalf("refused actions changed the tenant to %s", tn.State)
 	}
 }
+
+// A purge that drops one database and then fails (its other shard is down)
+// leaves a tenant that must not come back to life: undelete is refused.
+func TestUndeleteRefusedAfterPartialPurge(t *testing.T) {
+	t.Parallel()
+	second := testkit.NewCluster(t)
+	b := setup(t, options{cfg: provision.Config{MaxAttempts: 2, RetryBase: 50 * time.Millisecond}})
+	must(t, err1(b.store.CreateShard(b.ctx, catalog.Shard{Name: "s2", Region: "r1", DSN: second.DSN("postgres"), Capacity: 1000})))
+	other := b.product + "_b"
+	_, _, err := b.store.RegisterProduct(b.ctx, catalog.RegisterProductParams{Name: other, Migrations: testMigrations})
+	must(t, err)
+	tn, op, err := b.svc.CreateTenant(b.ctx, b.store, provision.CreateRequest{
+		CreateTenantParams: catalog.CreateTenantParams{Slug: "acme", Products: []string{b.product, other}}, Actor: "test",
+	})
+	must(t, err)
+	b.waitOperation(t, op.ID)
+	tn = b.tenant(t, tn.ID.String())
+	shards := map[string]bool{}
+	for _, in := range tn.Installations {
+		shards[in.Shard] = true
+	}
+	if len(shards) != 2 {
+		t.Fatalf("the two databases are not on two shards: %+v", tn.Installations)
+	}
+
+	b.act(t, "acme", catalog.ActionDelete, "leaving")
+	must(t, second.Stop(b.ctx))
+	_, purge := b.act(t, "acme", catalog.ActionPurge, "erasure request")
+	if got := b.waitOperation(t, purge.ID); got.State != catalog.OperationFailed {
+		t.Fatalf("purge with a shard down: %+v", got)
+	}
+	_, _, err = b.svc.Act(b.ctx, b.store, provision.ActRequest{Tenant: "acme", Action: catalog.ActionUndelete, Actor: "test"})
+	if !catalog.IsCode(err, "purge_incomplete") {
+		t.Fatalf("undelete after a partial purge: %v", err)
+	}
+	// Once the shard is back, purging again finishes the job.
+	_, err = second.Start(b.ctx)
+	must(t, err)
+	testkit.Eventually(t, time.Minute, "the second shard to be healthy", func() (bool, error) {
+		sh, err := b.store.GetShard(b.ctx, "s2")
+		return err == nil && sh.Health == catalog.ShardHealthy, err
+	})
+	_, purge = b.act(t, "acme", catalog.ActionPurge, "erasure request, again")
+	if got := b.waitOperation(t, purge.ID); got.State != catalog.OperationSucceeded {
+		t.Fatalf("second purge: %+v", got)
+	}
+}

@@ -105,6 +105,16 @@ func (s *Service) Act(ctx context.Context, st *catalog.Store, req ActRequest) (c
 			} else if running {
 				return catalog.Conflict("purge_in_progress", "cannot undelete tenant %s: it is being purged", t.Slug)
 			}
+			// A purge that failed halfway may have dropped some databases:
+			// such a tenant cannot come back to life, only be purged again.
+			if t.StateBeforeDelete != catalog.StateFailed {
+				for _, in := range t.Installations {
+					if in.DatabaseID == nil {
+						return catalog.Conflict("purge_incomplete",
+							"cannot undelete tenant %s: a purge already dropped its %s database; purge it again", t.Slug, in.Product)
+					}
+				}
+			}
 			tp.To = t.StateBeforeDelete
 		case catalog.ActionRetry:
 			tp.To = catalog.StateProvisioning

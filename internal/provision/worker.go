@@ -39,14 +39,24 @@ func (w *workers) backoff(attempt int) time.Time {
 	return time.Now().Add(d)
 }
 
-// errPermanent marks errors no retry can fix.
-var errPermanent = errors.New("permanent")
+// permanentError marks an error no retry can fix.
+type permanentError struct{ err error }
 
-func permanent(err error) error { return fmt.Errorf("%w: %w", errPermanent, err) }
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+func permanent(err error) error { return permanentError{err} }
 
 // finalAttempt reports whether a failed job should give up now.
 func finalAttempt(err error, attempt, maxAttempts int) bool {
-	return errors.Is(err, errPermanent) || attempt >= maxAttempts
+	var p permanentError
+	return errors.As(err, &p) || attempt >= maxAttempts
+}
+
+// recordCtx is for recording a failure after the job's own context ended
+// (it timed out, say): the record must still be written.
+func recordCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 }
 
 type provisionWorker struct {
@@ -86,7 +96,9 @@ func (w *provisionWorker) Work(ctx context.Context, job *river.Job[ProvisionArgs
 		return err
 	}
 	log.Error("provisioning failed", "error", err)
-	if ferr := w.fail(ctx, args, err); ferr != nil {
+	rctx, cancel := recordCtx(ctx)
+	defer cancel()
+	if ferr := w.fail(rctx, args, err); ferr != nil {
 		return fmt.Errorf("record provisioning failure: %w (after: %w)", ferr, err)
 	}
 	return river.JobCancel(err)
@@ -152,7 +164,12 @@ func (w *provisionWorker) installation(ctx context.Context, inst catalog.Install
 		w.abandonIfShardDown(ctx, shard, d)
 		return false, err
 	}
-	_, err = w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseAssigned)
+	ok, err := w.store.SetDatabaseState(ctx, d.ID, catalog.DatabaseCreating, catalog.DatabaseAssigned)
+	if err == nil && !ok {
+		// Another attempt abandoned it meanwhile; the sweeper drops it and
+		// the next attempt places the installation anew.
+		err = fmt.Errorf("database %s was abandoned while it was being created", d.Name)
+	}
 	return false, err
 }
 
@@ -230,15 +247,7 @@ func (w *provisionWorker) fail(ctx context.Context, args ProvisionArgs, cause er
 }
 
 func failureReason(err error) string {
-	msg := errors.Unwrap(err)
-	if !errors.Is(err, errPermanent) || msg == nil {
-		msg = err
-	}
-	s := msg.Error()
-	if len(s) > 1000 {
-		s = s[:1000]
-	}
-	return s
+	return catalog.Truncate(err.Error(), 1000)
 }
 
 // kickRefill asks for a warm-pool refill now that a warm database was taken.
@@ -274,7 +283,9 @@ func (w *purgeWorker) Work(ctx context.Context, job *river.Job[PurgeArgs]) error
 		w.log.Warn("purge attempt failed; will retry", "tenant_id", args.TenantID, "error", err)
 		return err
 	}
-	if ferr := w.store.FinishOperation(ctx, args.OperationID, catalog.OperationFailed, failureReason(err)); ferr != nil {
+	rctx, cancel := recordCtx(ctx)
+	defer cancel()
+	if ferr := w.store.FinishOperation(rctx, args.OperationID, catalog.OperationFailed, failureReason(err)); ferr != nil {
 		return ferr
 	}
 	return river.JobCancel(err)

@@ -41,11 +41,14 @@ func (s *Shard) EnsureTemplate(ctx context.Context, product string, version int6
 	if len(ms) == 0 || ms[len(ms)-1].Version != version {
 		return "", fmt.Errorf("template %s: the migrations do not end at version %d", name, version)
 	}
-	conn, err := s.Admin.Acquire(ctx)
+	// A connection of its own, not one of the admin pool's: builders waiting
+	// for the lock must not starve the pool the build itself (and health
+	// probes) need. Every statement of the build runs on it.
+	conn, err := s.Connect(ctx, s.config.Database)
 	if err != nil {
 		return "", fmt.Errorf("template %s on shard %s: %w", name, s.Name, err)
 	}
-	defer conn.Release()
+	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, lockKey(name)); err != nil {
 		return "", fmt.Errorf("lock template %s: %w", name, err)
 	}
@@ -59,8 +62,8 @@ func (s *Shard) EnsureTemplate(ctx context.Context, product string, version int6
 	}
 	if !exists {
 		build := name + "_build"
-		if err := s.Drop(ctx, build); err != nil {
-			return "", err
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+quote(build)+" WITH (FORCE)"); err != nil {
+			return "", fmt.Errorf("drop the unfinished build of %s: %w", name, err)
 		}
 		if _, err := conn.Exec(ctx, "CREATE DATABASE "+quote(build)+" TEMPLATE template0"); err != nil {
 			return "", fmt.Errorf("create template %s: %w", build, err)

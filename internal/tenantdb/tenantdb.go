@@ -98,6 +98,18 @@ func (s *Shard) Create(ctx context.Context, name, template string) error {
 	return nil
 }
 
+// BeingCreated reports whether a backend on the shard is running a CREATE
+// DATABASE of name right now.
+func (s *Shard) BeingCreated(ctx context.Context, name string) (bool, error) {
+	var busy bool
+	err := s.Admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		WHERE state = 'active' AND query ILIKE 'CREATE DATABASE%' AND position($1 in query) > 0)`, quote(name)).Scan(&busy)
+	if err != nil {
+		return false, fmt.Errorf("look for a running creation of %s on shard %s: %w", name, s.Name, err)
+	}
+	return busy, nil
+}
+
 // Drop drops database name if it exists, ending any sessions on it.
 func (s *Shard) Drop(ctx context.Context, name string) error {
 	if _, err := s.Admin.Exec(ctx, "DROP DATABASE IF EXISTS "+quote(name)+" WITH (FORCE)"); err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/tenantdb"
@@ -136,5 +137,41 @@ func TestMigrate(t *testing.T) {
 	var inPlinth int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'plinth' AND tablename IN ('a', 'b')`).Scan(&inPlinth); err != nil || inPlinth != 0 {
 		t.Fatalf("%d product tables in the plinth schema (%v)", inPlinth, err)
+	}
+}
+
+// Builders waiting for a template's lock must not starve the shard's small
+// admin pool, which the build itself and health probes need (a review found
+// this deadlocking with four waiters on a four-connection pool).
+func TestConcurrentTemplateBuildsDoNotStarveThePool(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Context(t, 2*time.Minute)
+	c := testkit.SharedCluster(t)
+	cfg, err := pgxpool.ParseConfig(c.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	shard := tenantdb.NewShard("s1", pool)
+	product := "p" + strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
+	if _, err := pool.Exec(ctx, "CREATE DATABASE "+tenantdb.TemplateName(product, 2)+"_build"); err != nil {
+		t.Fatal(err) // a build a crash left behind
+	}
+	errs := make(chan error, 6)
+	for range 6 {
+		go func() {
+			_, err := shard.EnsureTemplate(ctx, product, 2, load)
+			errs <- err
+		}()
+	}
+	for range 6 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"math/big"
 	"strings"
 	"time"
 
@@ -154,8 +153,8 @@ func (f Forger) Attacks(replayed string) []Attack {
 			h[hdr] = "https://evil.test/keys"
 		}), f.Claims(), byAttacker))
 	}
-	ejwk := map[string]any{"kty": "EC", "crv": "P-256",
-		"x": b64.EncodeToString(pad(attackerEC.X)), "y": b64.EncodeToString(pad(attackerEC.Y))}
+	pt, _ := attackerEC.PublicKey.Bytes()
+	ejwk := map[string]any{"kty": "EC", "crv": "P-256", "x": b64.EncodeToString(pt[1:33]), "y": b64.EncodeToString(pt[33:])}
 	add("embedded jwk of an attacker's key", "bad_signature", Sign(mustWith(f, func(h, _ map[string]any) { h["jwk"] = ejwk }), f.Claims(), byAttacker))
 	add("x5c chain of an attacker", "bad_signature", Sign(mustWith(f, func(h, _ map[string]any) { h["x5c"] = []string{"MIIB"} }), f.Claims(), byAttacker))
 	add("crit extension", "token_malformed", signed(func(h, _ map[string]any) { h["crit"] = []string{"exp"} }))
@@ -195,11 +194,6 @@ func mustWith(f Forger, mod func(h, c map[string]any)) map[string]any {
 	h := f.Header()
 	mod(h, nil)
 	return h
-}
-
-func pad(n *big.Int) []byte {
-	b := make([]byte, 32)
-	return n.FillBytes(b)
 }
 
 func randBytes(n int) []byte {

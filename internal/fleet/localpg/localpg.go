@@ -158,12 +158,28 @@ func (c *Cluster) Init(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("initdb %s: %w\n%s", c.dataDir(), err, out)
 	}
-	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	return c.ensureInclude()
+}
+
+const includeLine = "include_if_exists = 'plinth.conf'"
+
+// ensureInclude makes postgresql.conf read plinth.conf. It runs on every
+// start, so a crash between initdb and this edit is mended next time.
+func (c *Cluster) ensureInclude() error {
+	path := filepath.Join(c.dataDir(), "postgresql.conf")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read postgresql.conf: %w", err)
+	}
+	if strings.Contains(string(data), includeLine) {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("edit postgresql.conf: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.WriteString("\n# Settings managed by Plinth.\ninclude_if_exists = 'plinth.conf'\n"); err != nil {
+	if _, err := f.WriteString("\n# Settings managed by Plinth.\n" + includeLine + "\n"); err != nil {
 		return fmt.Errorf("edit postgresql.conf: %w", err)
 	}
 	return nil
@@ -232,6 +248,9 @@ func (c *Cluster) Start(ctx context.Context) (adopted bool, err error) {
 	}
 	if c.Running(ctx) {
 		return true, c.waitReady(ctx)
+	}
+	if err := c.ensureInclude(); err != nil {
+		return false, err
 	}
 	if err := c.writeConfig(cred); err != nil {
 		return false, err
