@@ -69,11 +69,12 @@ type InstanceResponse struct {
 }
 
 // Endpoints is the live instances of a service and a version that changes
-// when they do.
+// when they do. ReplayProtection tells callers to mint a token per request.
 type Endpoints struct {
-	Service   string             `json:"service"`
-	Version   string             `json:"version"`
-	Endpoints []catalog.Endpoint `json:"endpoints"`
+	Service          string             `json:"service"`
+	Version          string             `json:"version"`
+	ReplayProtection bool               `json:"replay_protection"`
+	Endpoints        []catalog.Endpoint `json:"endpoints"`
 }
 
 // credentialPrefix starts every registration credential:
@@ -339,7 +340,8 @@ func (s *Server) endpoints(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	name := r.PathValue("name")
-	if _, err := s.store(r).GetService(r.Context(), name); err != nil {
+	svc, err := s.store(r).GetService(r.Context(), name)
+	if err != nil {
 		return err
 	}
 	wait, err := waitParam(r)
@@ -359,7 +361,8 @@ func (s *Server) endpoints(w http.ResponseWriter, r *http.Request) error {
 			cancel()
 			return err
 		}
-		out := Endpoints{Service: name, Version: endpointsVersion(eps), Endpoints: eps}
+		out := Endpoints{Service: name, Version: endpointsVersion(eps, svc.ReplayProtection),
+			ReplayProtection: svc.ReplayProtection, Endpoints: eps}
 		if out.Version != known || !time.Now().Before(deadline) {
 			cancel()
 			return writeJSON(w, http.StatusOK, out)
@@ -375,8 +378,9 @@ func (s *Server) endpoints(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-func endpointsVersion(eps []catalog.Endpoint) string {
+func endpointsVersion(eps []catalog.Endpoint, replay bool) string {
 	h := sha256.New()
+	fmt.Fprintf(h, "replay=%v;", replay)
 	for _, e := range eps {
 		fmt.Fprintf(h, "%s=%s;", e.ID, e.Address)
 	}

@@ -157,7 +157,7 @@ func TestRedisReplayIsShared(t *testing.T) {
 	replicas := []*auth.Verifier{}
 	for range 2 {
 		replicas = append(replicas, auth.NewVerifier(auth.VerifierConfig{Audience: aud,
-			Keys: auth.StaticKeys{key.Kid: key.Public()}, Replay: auth.NewRedisReplay(rdb, nil)}))
+			Keys: auth.StaticKeys{key.Kid: key.Public()}, Replay: auth.NewRedisReplay(rdb, "plinth:test:", nil)}))
 	}
 	m, _ := auth.NewMinter("edge", key, 0, nil)
 	tok, _ := m.Token(aud, auth.Tenant{}, true)

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -85,6 +86,8 @@ func NewRepository(cfg RepositoryConfig) *Repository {
 	}
 }
 
+var errFetchLimited = errors.New("key fetches are rate limited")
+
 // Fetches returns how many times the repository was asked for a key.
 func (r *Repository) Fetches() int64 { return r.fetches.Load() }
 
@@ -105,18 +108,24 @@ func (r *Repository) Key(ctx context.Context, kid string) (PublicKey, error) {
 		r.mu.Unlock()
 		return PublicKey{}, refuse("unknown_key", "key %s is not in the key repository", kid)
 	}
-	allowed := r.issuerLimiter(issuer).Allow() && r.global.Allow()
 	r.mu.Unlock()
-	if !allowed {
-		if ok {
-			return cached.key, nil
+	// Callers waiting for the same issuer share one fetch, and only a real
+	// fetch is charged to the budgets.
+	_, err, _ = r.group.Do(issuer, func() (any, error) {
+		r.mu.Lock()
+		allowed := r.issuerLimiter(issuer).Allow() && r.global.Allow()
+		r.mu.Unlock()
+		if !allowed {
+			return nil, errFetchLimited
 		}
-		return PublicKey{}, refuse("unknown_key", "key %s is unknown and key fetches are rate limited", kid)
-	}
-	_, err, _ = r.group.Do(issuer, func() (any, error) { return nil, r.fetch(ctx, issuer) })
+		return nil, r.fetch(ctx, issuer)
+	})
 	if err != nil {
 		if ok {
-			return cached.key, nil // stale-if-error: the repository is down, the key is not gone
+			return cached.key, nil // stale-if-error: the repository is down or busy, the key is not gone
+		}
+		if errors.Is(err, errFetchLimited) {
+			return PublicKey{}, refuse("unknown_key", "key %s is unknown and key fetches are rate limited", kid)
 		}
 		return PublicKey{}, err
 	}

@@ -48,15 +48,16 @@ func (m *MemoryReplay) Seen(_ context.Context, audience, jti string, until time.
 // RedisReplay is a ReplayStore shared by every replica of an audience.
 type RedisReplay struct {
 	client *redis.Client
+	prefix string
 	now    func() time.Time
 }
 
-// NewRedisReplay returns a ReplayStore in Redis.
-func NewRedisReplay(client *redis.Client, now func() time.Time) *RedisReplay {
+// NewRedisReplay returns a ReplayStore in Redis, its keys under prefix.
+func NewRedisReplay(client *redis.Client, prefix string, now func() time.Time) *RedisReplay {
 	if now == nil {
 		now = time.Now
 	}
-	return &RedisReplay{client: client, now: now}
+	return &RedisReplay{client: client, prefix: prefix, now: now}
 }
 
 // Seen implements ReplayStore with SET NX and an expiry at until.
@@ -65,7 +66,7 @@ func (r *RedisReplay) Seen(ctx context.Context, audience, jti string, until time
 	if ttl < time.Second {
 		ttl = time.Second
 	}
-	ok, err := r.client.SetNX(ctx, "plinth:jti:"+audience+":"+jti, 1, ttl).Result()
+	ok, err := r.client.SetNX(ctx, r.prefix+"jti:"+audience+":"+jti, 1, ttl).Result()
 	if err != nil {
 		return false, err
 	}

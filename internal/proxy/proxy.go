@@ -54,6 +54,13 @@ type Route struct {
 	// (before any response came back); ok=false stops. Requests whose body
 	// is too large to replay are never retried.
 	Next func(attempt int, err error) (upstream string, ok bool)
+	// BeforeRetry, when set, may edit the request before it goes to
+	// upstream on a retry (a fresh token, say).
+	BeforeRetry func(upstream string, req *Request)
+	// RetryOn, when set, names response statuses (a 503, say) worth another
+	// attempt: the response is dropped, unseen by the client, if Next
+	// offers another upstream.
+	RetryOn func(status int) bool
 	// TryTimeout bounds the wait for each attempt's response head.
 	TryTimeout time.Duration
 	// Attempted is told the outcome of every attempt: the upstream's status,
@@ -389,6 +396,9 @@ func (c *conn) forward(route Route) (int, bool) {
 	}
 	var lastErr error
 	for attempt := 0; ; attempt++ {
+		if attempt > 0 && route.BeforeRetry != nil {
+			route.BeforeRetry(addr, req)
+		}
 		u, err := c.upstream(addr)
 		bodySent := false
 		if err == nil {
@@ -401,6 +411,13 @@ func (c *conn) forward(route Route) (int, bool) {
 		if err == nil {
 			if route.Attempted != nil {
 				route.Attempted(addr, c.resp.Status, nil)
+			}
+			if route.RetryOn != nil && route.Next != nil && replayable && route.RetryOn(c.resp.Status) {
+				if next, ok := route.Next(attempt, fmt.Errorf("status %d", c.resp.Status)); ok {
+					c.dropUpstream(addr) // unread body and all
+					addr = next
+					continue
+				}
 			}
 			return c.relay(u, addr, route, upgrade)
 		}

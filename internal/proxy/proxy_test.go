@@ -355,3 +355,33 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("an idle connection was left open")
 	}
 }
+
+// A 503 the route deems retryable is dropped unseen when another upstream
+// is offered; with none left, the client gets it.
+func TestRetryOnStatus(t *testing.T) {
+	t.Parallel()
+	busy := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, "busy")
+	})
+	ok := newUpstream(t, nil)
+	addr, _ := start(t, func(req *proxy.Request) proxy.Route {
+		return proxy.Route{Upstream: busy.addr(), RetryOn: func(s int) bool { return s == 503 },
+			Next: func(n int, _ error) (string, bool) {
+				if req.Target == "/only-busy" {
+					return busy.addr(), n == 0
+				}
+				return ok.addr(), n == 0
+			}}
+	})
+	for path, want := range map[string]int{"/retried": 200, "/only-busy": 503} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+}

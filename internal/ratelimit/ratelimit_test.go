@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,15 @@ func count(l ratelimit.Limiter, key string, n, perSecond int) (allowed int, last
 	}
 	return allowed, last
 }
+
+func TestMain(m *testing.M) {
+	redis.SetLogger(quietRedis{}) // the tests dial a dead Redis on purpose
+	os.Exit(m.Run())
+}
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
 
 func TestLocalTokenBucket(t *testing.T) {
 	t.Parallel()
