@@ -238,6 +238,18 @@ func TestDevStackFlow(t *testing.T) {
 		t.Fatalf("database identity says tenant %s, want %s", tenantID, created.Tenant.ID)
 	}
 
+	// The sample services answer only through their sidecars, as the tenant.
+	if got, err := run("dev", "call", "notes", "/notes", "--tenant", "acme", "-d", `{"body": "first note"}`); err != nil || !strings.Contains(got, `"body":"first note"`) {
+		t.Fatalf("dev call notes (add): %v\n%s", err, got)
+	}
+	if got, err := run("dev", "call", "notes", "/echo", "--tenant", "acme"); err != nil ||
+		!strings.Contains(got, `"caller":"notes"`) || !strings.Contains(got, created.Tenant.ID.String()) {
+		t.Fatalf("notes -> echo through the sidecars: %v\n%s", err, got)
+	}
+	if got, err := run("dev", "call", "notes", "/notes"); err == nil || !strings.Contains(got, "tenant_required") {
+		t.Fatalf("notes without a tenant: %v\n%s", err, got)
+	}
+
 	if got, err := run("dev", "--listen", "127.0.0.1:0"); err == nil || !strings.Contains(got, "already running") {
 		t.Fatalf("a second plinth dev: %v\n%s", err, got)
 	}

@@ -2,21 +2,29 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/plinth-platform/plinth/internal/api"
+	"github.com/plinth-platform/plinth/internal/auth"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/devstack"
 	"github.com/plinth-platform/plinth/internal/provision"
+	"github.com/plinth-platform/plinth/internal/ratelimit"
 	"github.com/plinth-platform/plinth/internal/server"
+	"github.com/plinth-platform/plinth/internal/sidecar"
 )
 
 func devCmd(g *globals) *cobra.Command {
@@ -45,7 +53,81 @@ next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 	cmd.Flags().BoolVar(&cfg.Reset, "reset", false, "wipe PLINTH_HOME first")
 	cmd.Flags().StringVar(&cfg.Listen, "listen", devstack.ListenDefault, "control API address")
 	cmd.Flags().IntVar(&cfg.WarmPool, "warm-pool", devstack.WarmPoolDefault, "warm databases of the sample product per shard")
-	cmd.AddCommand(devPsqlCmd(g))
+	cmd.AddCommand(devPsqlCmd(g), devCallCmd(g))
+	return cmd
+}
+
+func devCallCmd(g *globals) *cobra.Command {
+	var tenant, method, data string
+	cmd := &cobra.Command{
+		Use:   "call SERVICE PATH",
+		Short: "Call a service of the local fleet through its sidecar, as the plinth-dev caller",
+		Long: `Send a request to a service the way another service would: through the
+plinth-dev sidecar, which mints a token, finds the service and forwards to
+its sidecar, which verifies the token before the service sees the request.`,
+		Example: `  plinth dev call notes /notes --tenant acme
+  plinth dev call notes /notes --tenant acme -d '{"body": "hello"}'
+  plinth dev call notes /echo --tenant acme`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := devstack.ReadState(g.homeDir())
+			if err != nil {
+				return fmt.Errorf("no plinth dev state in %s: start plinth dev first", g.homeDir())
+			}
+			caller, ok := st.Samples[devstack.DevCaller]
+			if !ok {
+				return errors.New("plinth dev is not running its sample services: restart it")
+			}
+			path := args[1]
+			if !strings.HasPrefix(path, "/") {
+				path = "/" + path
+			}
+			if method == "" {
+				method = "GET"
+				if data != "" {
+					method = "POST"
+				}
+			}
+			req, err := http.NewRequestWithContext(cmd.Context(), method, "http://"+caller.Egress+"/"+args[0]+path, strings.NewReader(data))
+			if err != nil {
+				return err
+			}
+			if data != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			if tenant != "" {
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				t, err := c.GetTenant(cmd.Context(), tenant)
+				if err != nil {
+					return err
+				}
+				req.Header.Set(sidecar.HeaderTenantID, t.ID.String())
+				req.Header.Set(sidecar.HeaderTenantSlug, t.Slug)
+				req.Header.Set(sidecar.HeaderRegion, t.Region)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("the plinth-dev sidecar at %s does not answer (is plinth dev running?): %w", caller.Egress, err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+			if resp.StatusCode >= 400 {
+				var p api.Problem
+				if json.Unmarshal(body, &p) == nil && p.Code != "" {
+					return fmt.Errorf("%d %s: %s", resp.StatusCode, p.Code, p.Detail)
+				}
+				return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+			}
+			_, err = os.Stdout.Write(body)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&tenant, "tenant", "", "call on behalf of this tenant (slug or ID)")
+	cmd.Flags().StringVarP(&method, "request", "X", "", "HTTP method (default GET, or POST with -d)")
+	cmd.Flags().StringVarP(&data, "data", "d", "", "request body (JSON)")
 	return cmd
 }
 
@@ -103,17 +185,34 @@ func splitList(s string) []string {
 func serveCmd() *cobra.Command {
 	var roles, listen, dbURL, tokenFile, logLevel string
 	var pc provision.Config
+	var sc sidecarFlags
 	cmd := &cobra.Command{
-		Use:   "serve --role control|worker|all",
-		Short: "Run Plinth roles against a control database (production)",
+		Use:   "serve --role control|worker|all|sidecar",
+		Short: "Run Plinth roles (production)",
 		Long: `Run one or more roles: control (the control API) and worker (provisioning,
-lifecycle and maintenance jobs). The control database comes from
---database-url or PLINTH_DATABASE_URL and is migrated on start. The control
-role needs the admin token from PLINTH_ADMIN_TOKEN or --admin-token-file.
+lifecycle and maintenance jobs) against a control database, from
+--database-url or PLINTH_DATABASE_URL, migrated on start; the control role
+needs the admin token from PLINTH_ADMIN_TOKEN or --admin-token-file.
+
+Or run a service's sidecar (--role sidecar, alone): it needs --service,
+--upstream (the service's own URL), the control plane's URL (--control-url
+or PLINTH_URL) and the service's registration credential
+(PLINTH_SERVICE_CREDENTIAL or --credential-file).
+
 Logs are JSON on stderr. SIGTERM drains: requests in flight finish, jobs in
 flight get 30 seconds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			if roles == "sidecar" {
+				return runSidecar(cmd.Context(), sc, slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			}
+			if strings.Contains(roles, "sidecar") {
+				return errors.New("the sidecar runs alone: --role sidecar")
+			}
 			rs, err := server.ParseRoles(roles)
 			if err != nil {
 				return err
@@ -123,10 +222,6 @@ flight get 30 seconds.`,
 			}
 			if dbURL == "" {
 				return errors.New("no control database: set --database-url or PLINTH_DATABASE_URL")
-			}
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
 			}
 			token := os.Getenv("PLINTH_ADMIN_TOKEN")
 			if tokenFile != "" {
@@ -152,7 +247,7 @@ flight get 30 seconds.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&roles, "role", "all", "roles to run: control, worker, or all (comma-separated)")
+	f.StringVar(&roles, "role", "all", "roles to run: control, worker, all (comma-separated), or sidecar")
 	f.StringVar(&listen, "listen", ":7070", "control API address")
 	f.StringVar(&dbURL, "database-url", "", "control database URL (default $PLINTH_DATABASE_URL)")
 	f.StringVar(&tokenFile, "admin-token-file", "", "file holding the admin token (default $PLINTH_ADMIN_TOKEN)")
@@ -167,6 +262,7 @@ flight get 30 seconds.`,
 	f.DurationVar(&pc.RefillInterval, "refill-interval", provision.RefillIntervalDefault, "warm pool refill interval")
 	f.DurationVar(&pc.SweepInterval, "sweep-interval", provision.SweepIntervalDefault, "clean-up interval")
 	f.DurationVar(&pc.AbandonAfter, "abandon-after", provision.AbandonAfterDefault, "when a warm database stuck in creating is dropped")
+	sc.flags(cmd)
 	f.DurationVar(&pc.Retention, "retention", provision.RetentionDefault, "how long deleted tenants are kept before purging")
 	return cmd
 }
@@ -198,4 +294,68 @@ func migrateCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dbURL, "database-url", "", "control database URL (default $PLINTH_DATABASE_URL)")
 	return cmd
+}
+
+// sidecarFlags are the flags of `plinth serve --role sidecar`.
+type sidecarFlags struct {
+	service, upstream, controlURL, credentialFile      string
+	ingress, egress, admin, advertise, redis, fallback string
+	keyAlg                                             string
+	tokenLifetime                                      time.Duration
+}
+
+func (f *sidecarFlags) flags(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.service, "service", "", "sidecar: the service it fronts")
+	fs.StringVar(&f.upstream, "upstream", "", "sidecar: the service's own URL, e.g. http://127.0.0.1:8081")
+	fs.StringVar(&f.controlURL, "control-url", "", "sidecar: the control plane's URL (default $PLINTH_URL)")
+	fs.StringVar(&f.credentialFile, "credential-file", "", "sidecar: file holding the registration credential (default $PLINTH_SERVICE_CREDENTIAL)")
+	fs.StringVar(&f.ingress, "ingress", ":7443", "sidecar: address callers reach the service at")
+	fs.StringVar(&f.egress, "egress", "127.0.0.1:7444", "sidecar: address the service calls others through (keep it on loopback)")
+	fs.StringVar(&f.admin, "admin", "127.0.0.1:7445", "sidecar: address of /metrics, /healthz and /readyz")
+	fs.StringVar(&f.advertise, "advertise", "", "sidecar: URL others reach the ingress at (default from the ingress address)")
+	fs.StringVar(&f.redis, "redis", "", "sidecar: Redis address for limits and replay records shared by replicas")
+	fs.StringVar(&f.fallback, "ratelimit-fallback", "local", "sidecar: when Redis fails, limit locally, or let requests through (open), or refuse them (closed)")
+	fs.StringVar(&f.keyAlg, "key-alg", "ES256", "sidecar: signing algorithm: ES256, RS256 or EdDSA")
+	fs.DurationVar(&f.tokenLifetime, "token-lifetime", auth.DefaultLifetime, "sidecar: lifetime of the tokens it mints (at most 1h)")
+}
+
+func runSidecar(ctx context.Context, f sidecarFlags, logger *slog.Logger) error {
+	cred := os.Getenv("PLINTH_SERVICE_CREDENTIAL")
+	if f.credentialFile != "" {
+		data, err := os.ReadFile(f.credentialFile)
+		if err != nil {
+			return fmt.Errorf("--credential-file: %w", err)
+		}
+		cred = strings.TrimSpace(string(data))
+	}
+	if f.controlURL == "" {
+		f.controlURL = os.Getenv("PLINTH_URL")
+	}
+	fallback, err := ratelimit.ParseFallback(f.fallback)
+	if err != nil {
+		return err
+	}
+	cfg := sidecar.Config{
+		Service: f.service, Credential: cred, ControlURL: f.controlURL, Upstream: f.upstream,
+		Ingress: f.ingress, Egress: f.egress, Admin: f.admin, Advertise: f.advertise,
+		KeyAlg: auth.Alg(f.keyAlg), TokenLifetime: f.tokenLifetime, RateLimitFallback: fallback, Logger: logger,
+	}
+	if f.redis != "" {
+		cfg.Redis = redis.NewClient(&redis.Options{Addr: f.redis, DialTimeout: 200 * time.Millisecond,
+			ReadTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
+		defer cfg.Redis.Close()
+	}
+	sc, err := sidecar.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := sc.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	logger.Info("sidecar draining")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return sc.Stop(sctx)
 }

@@ -257,3 +257,40 @@ func (c *Client) WaitOperation(ctx context.Context, id string, progress func(cat
 		}
 	}
 }
+
+// CreateService registers a service; the answer holds its registration
+// credential, shown this once.
+func (c *Client) CreateService(ctx context.Context, req ServiceRequest) (ServiceCreated, error) {
+	var out ServiceCreated
+	return out, c.Do(ctx, "POST", "/v1/services", req, &out)
+}
+
+// ListServices returns all services.
+func (c *Client) ListServices(ctx context.Context) ([]catalog.Service, error) {
+	var out List[catalog.Service]
+	return out.Items, c.Do(ctx, "GET", "/v1/services", nil, &out)
+}
+
+// GetService returns one service.
+func (c *Client) GetService(ctx context.Context, name string) (catalog.Service, error) {
+	var out catalog.Service
+	return out, c.Do(ctx, "GET", "/v1/services/"+url.PathEscape(name), nil, &out)
+}
+
+// UpdateService sets a service's allowed callers, replay protection and limits.
+func (c *Client) UpdateService(ctx context.Context, name string, req ServiceRequest) (catalog.Service, error) {
+	var out catalog.Service
+	return out, c.Do(ctx, "PUT", "/v1/services/"+url.PathEscape(name), req, &out)
+}
+
+// RotateKeys asks a service's sidecars for new keys.
+func (c *Client) RotateKeys(ctx context.Context, name string) (catalog.Service, error) {
+	var out catalog.Service
+	return out, c.Do(ctx, "POST", "/v1/services/"+url.PathEscape(name)+"/rotate-keys", nil, &out)
+}
+
+// Endpoints returns a service's live instances.
+func (c *Client) Endpoints(ctx context.Context, name string) (Endpoints, error) {
+	var out Endpoints
+	return out, c.Do(ctx, "GET", "/v1/services/"+url.PathEscape(name)+"/endpoints", nil, &out)
+}

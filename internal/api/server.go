@@ -252,6 +252,9 @@ func (s *Server) wrap(rt route) http.Handler {
 			}
 			return rt.handler(rec, r)
 		}()
+		if err != nil && r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+			err, rec.status = nil, 499 // the client went away (a long poll given up): nothing to answer, nothing wrong
+		}
 		if err != nil {
 			p, internal := problemFor(err)
 			if !rec.wrote {

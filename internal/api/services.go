@@ -81,7 +81,8 @@ type Endpoints struct {
 // plinthsvc_<service>_<secret>.
 const credentialPrefix = "plinthsvc_"
 
-func newCredential(service string) string {
+// NewCredential makes a registration credential for service.
+func NewCredential(service string) string {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
 	return credentialPrefix + service + "_" + base64.RawURLEncoding.EncodeToString(b)
@@ -142,7 +143,7 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
-	cred := newCredential(req.Name)
+	cred := NewCredential(req.Name)
 	var svc catalog.Service
 	err := s.store(r).InTx(r.Context(), func(tx *catalog.Store) error {
 		var err error

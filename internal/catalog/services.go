@@ -159,6 +159,18 @@ func (s *Store) CheckCredential(ctx context.Context, service, credential string)
 	return subtle.ConstantTimeCompare(hash, HashCredential(credential)) == 1, nil
 }
 
+// SetCredential replaces a service's registration credential (by its hash).
+func (s *Store) SetCredential(ctx context.Context, service string, credentialHash []byte) error {
+	tag, err := s.q.Exec(ctx, `UPDATE services SET credential_hash = $2, updated_at = now() WHERE name = $1`, service, credentialHash)
+	if err != nil {
+		return fmt.Errorf("set credential: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return NotFound("service_not_found", "service %q does not exist", truncate(service, 40))
+	}
+	return nil
+}
+
 // RotateKeys asks a service's sidecars to make and publish new keys.
 func (s *Store) RotateKeys(ctx context.Context, service string) (Service, error) {
 	svc, err := scanService(s.q.QueryRow(ctx, `

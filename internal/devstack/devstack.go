@@ -139,11 +139,22 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = srv.Stop(sctx)
 	}()
 	st.APIURL = "http://" + srv.Addr()
+	store := catalog.New(srv.Pool())
+	if err := seed(ctx, store, st, shards, cfg.WarmPool); err != nil {
+		return err
+	}
+	creds, err := ensureServices(ctx, store, home)
+	if err != nil {
+		return fmt.Errorf("register the sample services: %w", err)
+	}
+	smp, err := startSamples(ctx, store, st.APIURL, creds, logger)
+	if err != nil {
+		return err
+	}
+	defer smp.stop() // before the server stops: the sidecars deregister through it
+	st.Samples = smp.where
 	if err := writeState(home, st); err != nil {
 		return fmt.Errorf("save state: %w", err)
-	}
-	if err := seed(ctx, catalog.New(srv.Pool()), st, shards, cfg.WarmPool); err != nil {
-		return err
 	}
 	printBanner(cfg, home, st, token, time.Since(started))
 	if cfg.Ready != nil {
@@ -401,15 +412,19 @@ Plinth is running (started in %.1fs; state in %s)
   Control DB     %s
   Shards         %s
   Product        %s (default)
+  Services       notes: sidecar http://%s, echo: sidecar http://%s (each only through its sidecar)
   Logs           %s
 
-Create a first tenant in another terminal (it finds the API and token in %s):
+Create a first tenant in another terminal (it finds the API and token in %s),
+then call the notes service as that tenant, through the sidecars:
 
   %s tenant create acme --wait
+  %s dev call notes /notes --tenant acme -d '{"body": "hello"}'
 
 Press Ctrl-C to stop; the next start reuses everything (--reset wipes it).
 `, took.Seconds(), home, st.APIURL, st.APIURL, token, control, strings.Join(shards, ", "),
-		SampleProduct, filepath.Join(home, logFile), cfg.Home, cfg.Command)
+		SampleProduct, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress, filepath.Join(home, logFile), cfg.Home,
+		cfg.Command, cfg.Command)
 }
 
 func newToken() string {

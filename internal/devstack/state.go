@@ -33,6 +33,8 @@ type State struct {
 	Password string        `json:"password"`
 	Control  *ClusterInfo  `json:"control,omitempty"` // nil when PLINTH_DATABASE_URL is used
 	Shards   []ClusterInfo `json:"shards"`
+	// Samples says where the sample services and their sidecars listen.
+	Samples map[string]Sample `json:"samples,omitempty"`
 }
 
 // ClusterInfo is one local Postgres cluster.
