@@ -323,3 +323,25 @@ func TestBenchProvisionSmoke(t *testing.T) {
 		}
 	}
 }
+
+// The sidecar benchmark runs end to end and prints its table (no timing
+// asserted).
+func TestBenchSidecarSmoke(t *testing.T) {
+	t.Parallel()
+	if _, err := localpg.FindBinDir(); err != nil {
+		testkit.Unavailable(t, "%v", err)
+	}
+	ctx := testkit.Context(t, 5*time.Minute)
+	out, err := plinth(ctx, nil, "bench", "sidecar", "--duration", "1s", "--rate", "200").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	for _, want := range []string{"(a) direct", "(b) Plinth sidecar", "(c) httputil.ReverseProxy", "added p99 of (b) over (a)", "token verify: cached"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("bench output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "errors or non-2xx") {
+		t.Errorf("requests failed during the benchmark:\n%s", out)
+	}
+}

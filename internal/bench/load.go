@@ -42,6 +42,40 @@ type LoadResult struct {
 	Throughput float64 `json:"throughput_rps"`
 	Latency    Stats   `json:"latency"`
 	FirstError string  `json:"first_error,omitempty"`
+
+	latencies []time.Duration
+}
+
+// merge adds another run's results to r.
+func (r *LoadResult) merge(o LoadResult) {
+	r.Requests += o.Requests
+	r.Errors += o.Errors
+	r.Non2xx += o.Non2xx
+	r.Seconds += o.Seconds
+	if r.FirstError == "" {
+		r.FirstError = o.FirstError
+	}
+	r.latencies = append(r.latencies, o.latencies...)
+	r.Throughput = float64(r.Requests) / r.Seconds
+	r.Latency = Summarise(r.latencies)
+}
+
+// Interleave runs each load in rounds of round, one after another, so that
+// whatever else the machine does lands on all of them alike, and returns
+// the pooled result of each.
+func Interleave(ctx context.Context, loads []Load, total, round time.Duration) ([]LoadResult, error) {
+	out := make([]LoadResult, len(loads))
+	for elapsed := time.Duration(0); elapsed < total; elapsed += round {
+		for i, l := range loads {
+			l.Duration = min(round, total-elapsed)
+			r, err := l.Run(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out[i].merge(r)
+		}
+	}
+	return out, nil
 }
 
 func (l Load) request(extra map[string]string) []byte {
@@ -164,6 +198,7 @@ func (l Load) Run(ctx context.Context) (LoadResult, error) {
 	out.Requests = len(all)
 	out.Throughput = float64(out.Requests) / took.Seconds()
 	out.Latency = Summarise(all)
+	out.latencies = all
 	return out, nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -106,6 +108,16 @@ http {
 		return nil, fmt.Errorf("nginx did not start: %w (see %s/error.log)", err, dir)
 	}
 	return n, nil
+}
+
+// WorkerPID is the pid of nginx's one worker process (0 when unknown).
+func (n *Nginx) WorkerPID() int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", n.cmd.Process.Pid, n.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.Fields(string(data) + " 0")[0]))
+	return pid
 }
 
 // Close stops nginx.

@@ -24,7 +24,8 @@ func FuzzReadRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in string) {
 		var req Request
-		err := readRequest(bufio.NewReaderSize(strings.NewReader(in), 4096), &req, 8192)
+		var scratch []byte
+		err := readRequest(bufio.NewReaderSize(strings.NewReader(in), 4096), &req, 8192, &scratch)
 		if err != nil {
 			return
 		}
@@ -48,7 +49,7 @@ func FuzzReadRequest(f *testing.F) {
 		w.WriteString("\r\n")
 		w.Flush()
 		var again Request
-		if err := readRequest(bufio.NewReader(&buf), &again, 1<<20); err != nil {
+		if err := readRequest(bufio.NewReader(&buf), &again, 1<<20, &scratch); err != nil {
 			t.Fatalf("re-reading %q: %v", buf.String(), err)
 		}
 		if again.ContentLength != req.ContentLength || again.Chunked != req.Chunked || again.Host != req.Host {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"strconv"
@@ -27,6 +26,35 @@ func (h *Header) Get(name string) string {
 		}
 	}
 	return ""
+}
+
+// count returns how many fields are named name.
+func (h *Header) count(name string) int {
+	n := 0
+	for _, f := range h.fields {
+		if strings.EqualFold(f.name, name) {
+			n++
+		}
+	}
+	return n
+}
+
+// hasToken reports whether a comma-separated list field named name holds
+// token (any case), without allocating.
+func (h *Header) hasToken(name, token string) bool {
+	for _, f := range h.fields {
+		if !strings.EqualFold(f.name, name) {
+			continue
+		}
+		for list := f.value; list != ""; {
+			var t string
+			t, list, _ = strings.Cut(list, ",")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Values returns every value of name.
@@ -129,43 +157,66 @@ func bad(format string, args ...any) error { return badRequest{fmt.Sprintf(forma
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
 	"Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-// readHead reads header lines into h until the empty line, with at most
-// maxBytes in all. It returns the bytes read.
-func readHead(r *bufio.Reader, h *Header, maxBytes int) error {
+// readLines reads the lines of a message head (start line, fields, up to
+// the empty line) into scratch, each ended by '\n', with at most maxBytes
+// in all; obs-fold is refused. The caller turns scratch into one string
+// whose substrings become the fields: one allocation per head, not two per
+// field, and strings that stay valid however long anyone keeps them.
+func readLines(r *bufio.Reader, scratch []byte, maxBytes int, startLine bool) ([]byte, error) {
 	total := 0
-	for {
+	for first := startLine; ; first = false {
 		line, err := r.ReadSlice('\n')
 		total += len(line)
 		if errors.Is(err, bufio.ErrBufferFull) || total > maxBytes {
-			return errHeadTooLarge
+			return scratch, errHeadTooLarge
 		}
 		if err != nil {
-			return err
+			return scratch, err
 		}
 		line = trimEOL(line)
-		if len(line) == 0 {
-			return nil
+		if len(line) == 0 && !first {
+			return scratch, nil
 		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return bad("obsolete line folding is not accepted")
+		if !first && (line[0] == ' ' || line[0] == '\t') {
+			return scratch, bad("obsolete line folding is not accepted")
 		}
-		colon := bytes.IndexByte(line, ':')
+		scratch = append(append(scratch, line...), '\n')
+	}
+}
+
+// parseFields parses the field lines of block (each ended by '\n') into h.
+func parseFields(block string, h *Header) error {
+	for block != "" {
+		nl := strings.IndexByte(block, '\n')
+		line := block[:nl]
+		block = block[nl+1:]
+		colon := strings.IndexByte(line, ':')
 		if colon <= 0 {
 			return bad("malformed header line")
 		}
 		name := line[:colon]
 		if !isToken(name) {
-			return bad("malformed header name %q", truncate(string(name), 40))
+			return bad("malformed header name %q", truncate(name, 40))
 		}
-		value := bytes.Trim(line[colon+1:], " \t")
+		value := strings.Trim(line[colon+1:], " \t")
 		if !validValue(value) {
 			return bad("header %s has a control character", name)
 		}
 		if len(h.fields) >= 200 {
 			return errHeadTooLarge
 		}
-		h.fields = append(h.fields, field{name: string(name), value: string(value)})
+		h.fields = append(h.fields, field{name: name, value: value})
 	}
+	return nil
+}
+
+// readHead reads a block of fields (trailers) on its own.
+func readHead(r *bufio.Reader, h *Header, maxBytes int) error {
+	lines, err := readLines(r, nil, maxBytes, false)
+	if err != nil {
+		return err
+	}
+	return parseFields(string(lines), h)
 }
 
 func trimEOL(line []byte) []byte {
@@ -177,12 +228,12 @@ func trimEOL(line []byte) []byte {
 }
 
 // isToken reports whether b is an RFC 9110 token.
-func isToken(b []byte) bool {
+func isToken[T ~string | ~[]byte](b T) bool {
 	if len(b) == 0 {
 		return false
 	}
-	for _, c := range b {
-		if c >= 0x80 || !tokenChars[c] {
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; c >= 0x80 || !tokenChars[c] {
 			return false
 		}
 	}
@@ -205,9 +256,9 @@ var tokenChars = func() (t [128]bool) {
 
 // validValue refuses control characters other than tab (CR and LF inside a
 // value would split it into two fields downstream).
-func validValue(b []byte) bool {
-	for _, c := range b {
-		if (c < 0x20 && c != '\t') || c == 0x7f {
+func validValue(b string) bool {
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; (c < 0x20 && c != '\t') || c == 0x7f {
 			return false
 		}
 	}
@@ -218,21 +269,21 @@ func validValue(b []byte) bool {
 // parsers disagree about where a message ends (request smuggling): both
 // Content-Length and Transfer-Encoding, several different lengths, codings
 // other than chunked, several Host fields, obs-fold, absolute-form targets.
-func readRequest(r *bufio.Reader, req *Request, maxBytes int) error {
-	line, err := r.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) {
-		return errHeadTooLarge
-	}
+func readRequest(r *bufio.Reader, req *Request, maxBytes int, scratch *[]byte) error {
+	lines, err := readLines(r, (*scratch)[:0], maxBytes, true)
+	*scratch = lines
 	if err != nil {
 		return err
 	}
-	line = trimEOL(line)
-	method, rest, ok1 := bytes.Cut(line, []byte(" "))
-	target, proto, ok2 := bytes.Cut(rest, []byte(" "))
+	head := string(lines)
+	nl := strings.IndexByte(head, '\n')
+	line, fields := head[:nl], head[nl+1:]
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || !isToken(method) || len(target) == 0 {
 		return bad("malformed request line")
 	}
-	switch string(proto) {
+	switch proto {
 	case "HTTP/1.1":
 	case "HTTP/1.0":
 		req.Close = true
@@ -241,37 +292,36 @@ func readRequest(r *bufio.Reader, req *Request, maxBytes int) error {
 	}
 	switch {
 	case target[0] == '/':
-	case len(target) == 1 && target[0] == '*' && string(method) == "OPTIONS":
+	case target == "*" && method == "OPTIONS":
 	default:
 		return bad("the request target must be a path (absolute-form and authority-form are refused)")
 	}
-	for _, c := range target {
-		if c <= 0x20 || c >= 0x7f {
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c <= 0x20 || c >= 0x7f {
 			return bad("the request target has a control or non-ASCII character")
 		}
 	}
-	req.Method, req.Target = string(method), string(target)
-	if err := readHead(r, &req.Header, maxBytes); err != nil {
+	req.Method, req.Target = method, target
+	if err := parseFields(fields, &req.Header); err != nil {
 		return err
 	}
-	hosts := req.Header.Values("Host")
-	switch {
-	case len(hosts) > 1:
-		return bad("more than one Host header")
-	case len(hosts) == 0:
+	switch req.Header.count("Host") {
+	case 0:
 		return bad("a request needs a Host header")
+	case 1:
+		req.Host = req.Header.Get("Host")
+	default:
+		return bad("more than one Host header")
 	}
-	req.Host = hosts[0]
 	if err := framing(&req.Header, &req.ContentLength, &req.Chunked); err != nil {
 		return err
 	}
-	conn := strings.ToLower(strings.Join(req.Header.Values("Connection"), ","))
-	if hasToken(conn, "close") {
+	if req.Header.hasToken("Connection", "close") {
 		req.Close = true
-	} else if hasToken(conn, "keep-alive") {
+	} else if req.Header.hasToken("Connection", "keep-alive") {
 		req.Close = false
 	}
-	if hasToken(conn, "upgrade") {
+	if req.Header.hasToken("Connection", "upgrade") {
 		req.Upgrade = req.Header.Get("Upgrade")
 	}
 	return nil
@@ -279,26 +329,26 @@ func readRequest(r *bufio.Reader, req *Request, maxBytes int) error {
 
 // framing reads how a message's body is delimited.
 func framing(h *Header, length *int64, chunked *bool) error {
-	te := h.Values("Transfer-Encoding")
-	cls := h.Values("Content-Length")
+	te, cls := h.count("Transfer-Encoding"), h.count("Content-Length")
 	*length, *chunked = 0, false
-	if len(te) > 0 {
-		if len(cls) > 0 {
+	if te > 0 {
+		if cls > 0 {
 			return bad("both Content-Length and Transfer-Encoding")
 		}
-		if len(te) != 1 || !strings.EqualFold(strings.TrimSpace(te[0]), "chunked") {
+		if te != 1 || !strings.EqualFold(strings.TrimSpace(h.Get("Transfer-Encoding")), "chunked") {
 			return bad("only Transfer-Encoding: chunked is accepted")
 		}
 		*length, *chunked = -1, true
 		return nil
 	}
-	if len(cls) > 0 {
-		n, err := strconv.ParseInt(cls[0], 10, 64)
-		if err != nil || n < 0 || cls[0] == "" || cls[0][0] == '+' {
+	if cls > 0 {
+		first := h.Get("Content-Length")
+		n, err := strconv.ParseInt(first, 10, 64)
+		if err != nil || n < 0 || first == "" || first[0] == '+' {
 			return bad("malformed Content-Length")
 		}
-		for _, v := range cls[1:] {
-			if v != cls[0] {
+		for _, f := range h.fields {
+			if strings.EqualFold(f.name, "Content-Length") && f.value != first {
 				return bad("several different Content-Length values")
 			}
 		}
@@ -307,23 +357,25 @@ func framing(h *Header, length *int64, chunked *bool) error {
 	return nil
 }
 
-func hasToken(list, token string) bool {
-	for _, t := range strings.Split(list, ",") {
-		if strings.TrimSpace(t) == token {
-			return true
-		}
-	}
-	return false
-}
-
 // stripHop removes hop-by-hop fields, including those Connection names.
 func stripHop(h *Header) {
-	for _, v := range h.Values("Connection") {
-		for _, name := range strings.Split(v, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				h.Del(name)
+	var named [16]string // fields Connection names (more are refused below)
+	n := 0
+	for _, f := range h.fields {
+		if !strings.EqualFold(f.name, "Connection") {
+			continue
+		}
+		for list := f.value; list != ""; {
+			var name string
+			name, list, _ = strings.Cut(list, ",")
+			if name = strings.TrimSpace(name); name != "" && n < len(named) {
+				named[n] = name
+				n++
 			}
 		}
+	}
+	for _, name := range named[:n] {
+		h.Del(name)
 	}
 	for _, name := range hopHeaders {
 		h.Del(name)
@@ -340,38 +392,37 @@ type Response struct {
 	Close         bool // the upstream will close the connection
 }
 
-func readResponse(r *bufio.Reader, resp *Response, maxBytes int) error {
-	line, err := r.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) {
-		return errHeadTooLarge
-	}
+func readResponse(r *bufio.Reader, resp *Response, maxBytes int, scratch *[]byte) error {
+	lines, err := readLines(r, (*scratch)[:0], maxBytes, true)
+	*scratch = lines
 	if err != nil {
 		return err
 	}
-	line = trimEOL(line)
-	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
+	head := string(lines)
+	nl := strings.IndexByte(head, '\n')
+	line, fields := head[:nl], head[nl+1:]
+	if len(line) < 12 || !strings.HasPrefix(line, "HTTP/1.") || line[8] != ' ' {
 		return fmt.Errorf("malformed status line from upstream")
 	}
-	code, err := strconv.Atoi(string(line[9:12]))
+	code, err := strconv.Atoi(line[9:12])
 	if err != nil || code < 100 || code > 999 || (len(line) > 12 && line[12] != ' ') {
 		return fmt.Errorf("malformed status code from upstream")
 	}
 	resp.Status = code
 	if len(line) > 13 {
-		resp.Reason = string(line[13:])
+		resp.Reason = line[13:]
 	}
 	resp.Close = line[7] == '0'
-	if err := readHead(r, &resp.Header, maxBytes); err != nil {
+	if err := parseFields(fields, &resp.Header); err != nil {
 		return err
 	}
 	if err := framing(&resp.Header, &resp.ContentLength, &resp.Chunked); err != nil {
 		return err
 	}
-	if !resp.Chunked && len(resp.Header.Values("Content-Length")) == 0 {
+	if !resp.Chunked && resp.Header.count("Content-Length") == 0 {
 		resp.ContentLength = -1 // until the upstream closes
 	}
-	conn := strings.ToLower(strings.Join(resp.Header.Values("Connection"), ","))
-	if hasToken(conn, "close") {
+	if resp.Header.hasToken("Connection", "close") {
 		resp.Close = true
 	}
 	return nil

@@ -226,9 +226,11 @@ type conn struct {
 	bw   *bufio.Writer
 	idle atomic.Bool
 	ups  map[string]*upConn
-	req  Request
-	resp Response
-	body []byte // a request body kept for replays
+	req     Request
+	resp    Response
+	body    []byte // a request body kept for replays
+	scratch []byte // the head being read
+	remote  string
 }
 
 type upConn struct {
@@ -251,6 +253,7 @@ func (c *conn) serve() {
 	c.bw = writerPool.Get().(*bufio.Writer)
 	c.bw.Reset(c.nc)
 	c.ups = map[string]*upConn{}
+	c.remote = c.nc.RemoteAddr().String()
 	defer func() {
 		if v := recover(); v != nil {
 			s.Logger.Error("proxy: panic serving a connection", "panic", v)
@@ -278,15 +281,16 @@ func (c *conn) serve() {
 			return
 		}
 		c.idle.Store(false)
+		// One deadline for the head and a small body; it stays until the
+		// next read sets its own (cleared only before streaming a body).
 		_ = c.nc.SetReadDeadline(time.Now().Add(s.ReadHeaderTimeout))
 		start := time.Now()
-		c.req = Request{Header: Header{fields: c.req.Header.fields[:0]}, RemoteAddr: c.nc.RemoteAddr().String()}
 		c.req.Header.reset()
-		if err := readRequest(c.br, &c.req, s.MaxHeaderBytes); err != nil {
+		c.req = Request{Header: c.req.Header, RemoteAddr: c.remote}
+		if err := readRequest(c.br, &c.req, s.MaxHeaderBytes, &c.scratch); err != nil {
 			c.refuse(err)
 			return
 		}
-		_ = c.nc.SetReadDeadline(time.Time{})
 		status, keep := c.handle()
 		if s.Observe != nil {
 			s.Observe(&c.req, status, time.Since(start))
@@ -336,15 +340,13 @@ func (c *conn) discardBody() bool {
 	if req.Chunked || req.ContentLength > maxReplayBody {
 		return false
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.ReadHeaderTimeout))
-	_, err := c.br.Discard(int(req.ContentLength))
-	_ = c.nc.SetReadDeadline(time.Time{})
+	_, err := c.br.Discard(int(req.ContentLength)) // within the head's deadline
 	return err == nil
 }
 
 func (c *conn) writeReply(r *Reply, closing bool) {
 	w := c.bw
-	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\n", r.Status, statusText(r.Status))
+	writeStatus(w, r.Status, statusText(r.Status))
 	if r.ContentType != "" {
 		w.WriteString("Content-Type: " + r.ContentType + "\r\n")
 	}
@@ -377,15 +379,15 @@ func (c *conn) forward(route Route) (int, bool) {
 		}
 	}
 	replayable := !req.Chunked && req.ContentLength <= maxReplayBody
+	if !replayable || upgrade != "" {
+		_ = c.nc.SetReadDeadline(time.Time{}) // a streamed body or a spliced connection may take as long as it takes
+	}
 	if replayable && req.ContentLength > 0 {
 		if cap(c.body) < int(req.ContentLength) {
 			c.body = make([]byte, req.ContentLength)
 		}
 		c.body = c.body[:req.ContentLength]
-		_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.ReadHeaderTimeout))
-		_, err := io.ReadFull(c.br, c.body)
-		_ = c.nc.SetReadDeadline(time.Time{})
-		if err != nil {
+		if _, err := io.ReadFull(c.br, c.body); err != nil { // within the head's deadline
 			return 0, false
 		}
 	}
@@ -527,9 +529,9 @@ func (c *conn) send(u *upConn, upgrade string, replayable bool) (bodySent bool, 
 // readUpstream reads the response head, relaying interim (1xx) responses.
 func (c *conn) readUpstream(u *upConn) error {
 	for {
-		c.resp = Response{Header: Header{fields: c.resp.Header.fields[:0]}}
 		c.resp.Header.reset()
-		if err := readResponse(u.br, &c.resp, c.srv.MaxHeaderBytes); err != nil {
+		c.resp = Response{Header: c.resp.Header}
+		if err := readResponse(u.br, &c.resp, c.srv.MaxHeaderBytes, &c.scratch); err != nil {
 			return err
 		}
 		if c.resp.Status >= 200 || c.resp.Status == 101 {
@@ -537,7 +539,7 @@ func (c *conn) readUpstream(u *upConn) error {
 		}
 		// 100 Continue was answered by the proxy already; others go on.
 		if c.resp.Status != 100 {
-			fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\n", c.resp.Status, c.resp.Reason)
+			writeStatus(c.bw, c.resp.Status, c.resp.Reason)
 			c.resp.Header.write(c.bw)
 			c.bw.WriteString("\r\n")
 			if err := c.bw.Flush(); err != nil {
@@ -551,7 +553,10 @@ func (c *conn) readUpstream(u *upConn) error {
 // whether both connections can be kept.
 func (c *conn) relay(u *upConn, addr string, route Route, upgrade string) (int, bool) {
 	resp := &c.resp
-	_ = u.nc.SetReadDeadline(time.Time{})
+	if resp.Chunked || resp.ContentLength < 0 || int64(u.br.Buffered()) < resp.ContentLength || resp.Status == 101 {
+		// More is to come from the upstream, for as long as it streams.
+		_ = u.nc.SetReadDeadline(time.Time{})
+	}
 	if resp.Status == 101 {
 		if upgrade == "" {
 			c.dropUpstream(addr)
@@ -564,7 +569,7 @@ func (c *conn) relay(u *upConn, addr string, route Route, upgrade string) (int, 
 		if route.OnResponse != nil {
 			route.OnResponse(resp)
 		}
-		fmt.Fprintf(c.bw, "HTTP/1.1 101 %s\r\n", orDefault(resp.Reason, "Switching Protocols"))
+		writeStatus(c.bw, 101, orDefault(resp.Reason, "Switching Protocols"))
 		resp.Header.write(c.bw)
 		c.bw.WriteString("Connection: Upgrade\r\nUpgrade: " + proto + "\r\n\r\n")
 		if c.bw.Flush() != nil {
@@ -582,7 +587,7 @@ func (c *conn) relay(u *upConn, addr string, route Route, upgrade string) (int, 
 	noBody := c.req.Method == "HEAD" || resp.Status == 204 || resp.Status == 304
 	untilClose := !noBody && !resp.Chunked && resp.ContentLength < 0
 	w := c.bw
-	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\n", resp.Status, orDefault(resp.Reason, statusText(resp.Status)))
+	writeStatus(w, resp.Status, orDefault(resp.Reason, statusText(resp.Status)))
 	resp.Header.write(w)
 	if resp.Chunked && !noBody {
 		w.WriteString("Transfer-Encoding: chunked\r\n")
@@ -749,6 +754,16 @@ func splice(a net.Conn, ar *bufio.Reader, b net.Conn, br *bufio.Reader) {
 	go cp(a, br)
 	<-done
 	<-done
+}
+
+// writeStatus writes a status line without allocating.
+func writeStatus(w *bufio.Writer, status int, reason string) {
+	var num [3]byte
+	w.WriteString("HTTP/1.1 ")
+	w.Write(strconv.AppendInt(num[:0], int64(status), 10))
+	w.WriteByte(' ')
+	w.WriteString(reason)
+	w.WriteString("\r\n")
 }
 
 func orDefault(s, def string) string {

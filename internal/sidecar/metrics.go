@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,11 +65,24 @@ func newMetrics(reg *prometheus.Registry, s *Sidecar) *metrics {
 
 func (m *metrics) rejected(reason string) { m.rejections.WithLabelValues(reason).Inc() }
 
-// observe returns the engine's per-request hook for one direction.
+// observe returns the engine's per-request hook for one direction. The
+// counter of each status is looked up once and kept, so counting costs no
+// allocation.
 func (m *metrics) observe(direction string) func(*proxy.Request, int, time.Duration) {
 	hist := m.duration.WithLabelValues(direction)
+	var byStatus [600]atomic.Pointer[prometheus.Counter]
 	return func(_ *proxy.Request, status int, took time.Duration) {
 		hist.Observe(took.Seconds())
-		m.requests.WithLabelValues(direction, strconv.Itoa(status)).Inc()
+		if status < 0 || status >= len(byStatus) {
+			m.requests.WithLabelValues(direction, strconv.Itoa(status)).Inc()
+			return
+		}
+		c := byStatus[status].Load()
+		if c == nil {
+			counter := m.requests.WithLabelValues(direction, strconv.Itoa(status))
+			c = &counter
+			byStatus[status].Store(c)
+		}
+		(*c).Inc()
 	}
 }

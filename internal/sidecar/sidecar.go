@@ -32,6 +32,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"os"
 	"net/url"
 	"strings"
 	"sync"
@@ -232,6 +234,12 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	if os.Getenv("PLINTH_PPROF") == "1" {
+		// Opt-in profiling on the admin listener (loopback by default).
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/heap", pprof.Index)
+	}
 	s.adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.serversDone = make(chan struct{})
 	var wg sync.WaitGroup
