@@ -220,12 +220,12 @@ var (
 
 // conn is one client connection and the upstream connections pinned to it.
 type conn struct {
-	srv  *Server
-	nc   net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	idle atomic.Bool
-	ups  map[string]*upConn
+	srv     *Server
+	nc      net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	idle    atomic.Bool
+	ups     map[string]*upConn
 	req     Request
 	resp    Response
 	body    []byte // a request body kept for replays
