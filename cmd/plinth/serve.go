@@ -53,8 +53,38 @@ next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 	cmd.Flags().BoolVar(&cfg.Reset, "reset", false, "wipe PLINTH_HOME first")
 	cmd.Flags().StringVar(&cfg.Listen, "listen", devstack.ListenDefault, "control API address")
 	cmd.Flags().IntVar(&cfg.WarmPool, "warm-pool", devstack.WarmPoolDefault, "warm databases of the sample product per shard")
-	cmd.AddCommand(devPsqlCmd(g), devCallCmd(g))
+	cmd.AddCommand(devPsqlCmd(g), devCallCmd(g), devEnvCmd(g))
 	return cmd
+}
+
+func devEnvCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "env",
+		Short: "Print shell exports for the local fleet: the API, its token, and where the sample services listen",
+		Example: `  eval "$(plinth dev env)"
+  curl -s http://$PLINTH_DEV_EGRESS/echo/hello`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := devstack.ReadState(g.homeDir())
+			if err != nil {
+				return fmt.Errorf("no plinth dev state in %s: start plinth dev first", g.homeDir())
+			}
+			token, err := devstack.ReadToken(g.homeDir())
+			if err != nil {
+				return err
+			}
+			fmt.Printf("export PLINTH_URL=%s\nexport PLINTH_TOKEN=%s\n", st.APIURL, token)
+			if s, ok := st.Samples[devstack.DevCaller]; ok {
+				fmt.Printf("export PLINTH_DEV_EGRESS=%s\n", s.Egress)
+			}
+			for _, name := range []string{"notes", "echo"} {
+				if s, ok := st.Samples[name]; ok {
+					fmt.Printf("export PLINTH_%s_INGRESS=%s\n", strings.ToUpper(name), s.Ingress)
+				}
+			}
+			return nil
+		},
+	}
 }
 
 func devCallCmd(g *globals) *cobra.Command {

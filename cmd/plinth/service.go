@@ -46,15 +46,33 @@ func serviceCmd(g *globals) *cobra.Command {
 	flags(create)
 	update := &cobra.Command{
 		Use:   "update NAME",
-		Short: "Set a service's allowed callers, replay protection and rate limits (all of them)",
+		Short: "Change a service's allowed callers, replay protection or rate limits (only the flags given)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			req.AllowedCallers = splitList(allow)
-			svc, err := c.UpdateService(cmd.Context(), args[0], req)
+			cur, err := c.GetService(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			f := cmd.Flags()
+			next := api.ServiceRequest{AllowedCallers: cur.AllowedCallers, ReplayProtection: cur.ReplayProtection,
+				CallerRateLimit: cur.CallerRateLimit, TenantRateLimit: cur.TenantRateLimit}
+			if f.Changed("allow") {
+				next.AllowedCallers = splitList(allow)
+			}
+			if f.Changed("replay-protection") {
+				next.ReplayProtection = req.ReplayProtection
+			}
+			if f.Changed("caller-limit") {
+				next.CallerRateLimit = req.CallerRateLimit
+			}
+			if f.Changed("tenant-limit") {
+				next.TenantRateLimit = req.TenantRateLimit
+			}
+			svc, err := c.UpdateService(cmd.Context(), args[0], next)
 			if err != nil {
 				return err
 			}
