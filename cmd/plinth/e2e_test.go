@@ -232,7 +232,11 @@ func TestDevStackFlow(t *testing.T) {
 	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://plinth:%s@127.0.0.1:%d/%s", st.Password, shardPort, inst[0].Database))
 	must(t, err)
 	var tenantID string
-	must(t, conn.QueryRow(ctx, `SELECT tenant_id::text FROM plinth.identity`).Scan(&tenantID))
+	// The identity is stamped right after the tenant is activated.
+	testkit.Eventually(t, time.Minute, "the database's identity to be stamped", func() (bool, error) {
+		err := conn.QueryRow(ctx, `SELECT coalesce(tenant_id::text, '') FROM plinth.identity`).Scan(&tenantID)
+		return err == nil && tenantID != "", err
+	})
 	conn.Close(ctx)
 	if tenantID != created.Tenant.ID.String() {
 		t.Fatalf("database identity says tenant %s, want %s", tenantID, created.Tenant.ID)

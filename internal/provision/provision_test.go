@@ -166,13 +166,17 @@ func (b bundle) assertNoOrphans(t *testing.T) {
 	})
 }
 
-// identity reads plinth.identity from a tenant database.
+// identity waits until a tenant database carries a tenant's identity (it
+// is stamped right after the tenant is activated) and returns it.
 func (b bundle) identity(t *testing.T, db string) (tenantID *uuid.UUID, version int64) {
 	t.Helper()
 	conn, err := pgx.Connect(b.ctx, b.shard.DSN(db))
 	must(t, err)
 	defer conn.Close(b.ctx)
-	must(t, conn.QueryRow(b.ctx, `SELECT tenant_id, schema_version FROM plinth.identity`).Scan(&tenantID, &version))
+	testkit.Eventually(t, time.Minute, "the identity of "+db+" to be stamped", func() (bool, error) {
+		err := conn.QueryRow(b.ctx, `SELECT tenant_id, schema_version FROM plinth.identity`).Scan(&tenantID, &version)
+		return err == nil && tenantID != nil, err
+	})
 	return tenantID, version
 }
 
