@@ -294,3 +294,32 @@ func (c *Client) Endpoints(ctx context.Context, name string) (Endpoints, error) 
 	var out Endpoints
 	return out, c.Do(ctx, "GET", "/v1/services/"+url.PathEscape(name)+"/endpoints", nil, &out)
 }
+
+// Routes returns the edge's route table.
+func (c *Client) Routes(ctx context.Context) ([]catalog.Route, error) {
+	var out List[catalog.Route]
+	return out.Items, c.Do(ctx, "GET", "/v1/routes", nil, &out)
+}
+
+// AddDomain claims a custom domain for a tenant.
+func (c *Client) AddDomain(ctx context.Context, ref, domain string) (DomainResponse, error) {
+	var out DomainResponse
+	return out, c.Do(ctx, "POST", "/v1/tenants/"+url.PathEscape(ref)+"/domains", DomainRequest{Domain: domain}, &out)
+}
+
+// ListDomains returns a tenant's custom domains.
+func (c *Client) ListDomains(ctx context.Context, ref string) ([]DomainResponse, error) {
+	var out List[DomainResponse]
+	return out.Items, c.Do(ctx, "GET", "/v1/tenants/"+url.PathEscape(ref)+"/domains", nil, &out)
+}
+
+// VerifyDomain checks a tenant's proof of control of a domain.
+func (c *Client) VerifyDomain(ctx context.Context, ref, domain string) (DomainResponse, error) {
+	var out DomainResponse
+	return out, c.Do(ctx, "POST", "/v1/tenants/"+url.PathEscape(ref)+"/domains/"+url.PathEscape(domain)+"/verify", nil, &out)
+}
+
+// RemoveDomain drops a tenant's custom domain.
+func (c *Client) RemoveDomain(ctx context.Context, ref, domain string) error {
+	return c.Do(ctx, "DELETE", "/v1/tenants/"+url.PathEscape(ref)+"/domains/"+url.PathEscape(domain), nil, nil)
+}

@@ -37,6 +37,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	if err := s.authenticateService(r, ""); err != nil {
+		return err
+	}
 	rs, err := s.store(r).ListRegions(r.Context())
 	if err != nil {
 		return err

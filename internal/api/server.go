@@ -33,6 +33,7 @@ import (
 
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/provision"
+	"github.com/plinth-platform/plinth/internal/tenantctx"
 )
 
 // Limits on requests.
@@ -62,6 +63,15 @@ type Config struct {
 	VerifyShard func(ctx context.Context, dsn string) error
 	// Notifier wakes waiters on operations; operations are polled without it.
 	Notifier *catalog.Notifier
+	// Domains checks tenants' proofs of control of custom domains; domain
+	// verification is refused without it.
+	Domains DomainProver
+}
+
+// DomainProver checks that a domain publishes a tenant's token
+// (domainproof.Prover does).
+type DomainProver interface {
+	Prove(ctx context.Context, domain, token string) error
 }
 
 // Server serves the control API.
@@ -72,6 +82,7 @@ type Server struct {
 	mux       *http.ServeMux
 	routes    []route
 	metrics   *metrics
+	tenants   *tenantctx.Source
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
@@ -99,7 +110,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, tokenHash: sha256.Sum256([]byte(cfg.AdminToken)), log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, tokenHash: sha256.Sum256([]byte(cfg.AdminToken)), log: cfg.Logger, mux: http.NewServeMux(),
+		tenants: tenantctx.NewSource(cfg.Store)}
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
 	s.routes = s.routeTable()
 	for _, rt := range s.routes {
@@ -118,7 +130,7 @@ func (s *Server) routeTable() []route {
 			return nil
 		}},
 		{method: "GET", path: "/openapi.json", handler: serveOpenAPI, public: true},
-		{method: "GET", path: "/v1/regions", handler: s.listRegions},
+		{method: "GET", path: "/v1/regions", handler: s.listRegions, public: true}, // edges read it with their credential
 		{method: "POST", path: "/v1/regions", handler: s.createRegion, idempotent: true},
 		{method: "GET", path: "/v1/shards", handler: s.listShards},
 		{method: "POST", path: "/v1/shards", handler: s.createShard, idempotent: true},
@@ -148,6 +160,16 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/v1/services/{name}/endpoints", handler: s.endpoints, public: true},
 		{method: "GET", path: "/v1/keys/{issuer}", handler: s.issuerKeys, public: true},
 		{method: "GET", path: "/v1/keys/{issuer}/{keyname}", handler: s.publicKey, public: true},
+		{method: "GET", path: "/v1/routes", handler: s.listRoutes, public: true},
+		{method: "GET", path: "/v1/tenant-context/by-slug/{slug}", handler: s.contextBySlug, public: true},
+		{method: "GET", path: "/v1/tenant-context/by-id/{id}", handler: s.contextByID, public: true},
+		{method: "GET", path: "/v1/tenant-context/by-domain/{domain}", handler: s.contextByDomain, public: true},
+		{method: "GET", path: "/v1/tenant-context/snapshot", handler: s.contextSnapshot, public: true},
+		{method: "GET", path: "/v1/tenant-context/changes", handler: s.contextChanges, public: true},
+		{method: "GET", path: "/v1/tenants/{ref}/domains", handler: s.listDomains},
+		{method: "POST", path: "/v1/tenants/{ref}/domains", handler: s.addDomain, idempotent: true},
+		{method: "POST", path: "/v1/tenants/{ref}/domains/{domain}/verify", handler: s.verifyDomain, idempotent: true},
+		{method: "DELETE", path: "/v1/tenants/{ref}/domains/{domain}", handler: s.removeDomain},
 	}
 	for _, a := range catalog.Actions {
 		rs = append(rs, route{method: "POST", path: "/v1/tenants/{ref}/" + string(a), handler: s.tenantAction(a), idempotent: true})

@@ -32,8 +32,12 @@ const (
 
 // ServiceRequest is the body of POST /v1/services and PUT /v1/services/{name}.
 type ServiceRequest struct {
-	Name             string   `json:"name,omitempty"`
-	AllowedCallers   []string `json:"allowed_callers"`
+	Name           string   `json:"name,omitempty"`
+	AllowedCallers []string `json:"allowed_callers"`
+	// Routes are path prefixes the edge sends to the service; Product is
+	// the product whose tenant databases it serves.
+	Routes           []string `json:"routes,omitempty"`
+	Product          string   `json:"product,omitempty"`
 	ReplayProtection bool     `json:"replay_protection,omitempty"`
 	CallerRateLimit  int      `json:"caller_rate_limit,omitempty"`
 	TenantRateLimit  int      `json:"tenant_rate_limit,omitempty"`
@@ -134,8 +138,9 @@ func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (req ServiceRequest) params(name string) catalog.ServiceParams {
-	return catalog.ServiceParams{Name: name, AllowedCallers: req.AllowedCallers, ReplayProtection: req.ReplayProtection,
-		CallerRateLimit: req.CallerRateLimit, TenantRateLimit: req.TenantRateLimit}
+	return catalog.ServiceParams{Name: name, AllowedCallers: req.AllowedCallers, Routes: req.Routes, Product: req.Product,
+		ReplayProtection: req.ReplayProtection,
+		CallerRateLimit:  req.CallerRateLimit, TenantRateLimit: req.TenantRateLimit}
 }
 
 func (s *Server) createService(w http.ResponseWriter, r *http.Request) error {

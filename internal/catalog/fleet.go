@@ -34,6 +34,19 @@ func (s *Store) CreateRegion(ctx context.Context, r Region) (Region, error) {
 	return r, nil
 }
 
+// SetRegionEdgeURL records where a region's edge is reached (other
+// regions' edges forward its tenants there).
+func (s *Store) SetRegionEdgeURL(ctx context.Context, name, edgeURL string) error {
+	tag, err := s.q.Exec(ctx, `UPDATE regions SET edge_url = $2 WHERE name = $1`, name, edgeURL)
+	if err != nil {
+		return fmt.Errorf("set region edge: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return NotFound("region_not_found", "region %q does not exist", truncate(name, 40))
+	}
+	return nil
+}
+
 // ListRegions returns all regions by name.
 func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
 	rows, err := s.q.Query(ctx, `SELECT name, edge_url, created_at FROM regions ORDER BY name`)

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -14,8 +16,12 @@ import (
 
 // Service is a service of a product or of the platform, and how it may be called.
 type Service struct {
-	Name             string    `json:"name"`
-	AllowedCallers   []string  `json:"allowed_callers"`
+	Name           string   `json:"name"`
+	AllowedCallers []string `json:"allowed_callers"`
+	// Routes are the path prefixes the edge sends to this service, and
+	// Product the product whose tenant database it serves.
+	Routes           []string  `json:"routes"`
+	Product          string    `json:"product,omitempty"`
 	ReplayProtection bool      `json:"replay_protection"`
 	CallerRateLimit  int       `json:"caller_rate_limit"`
 	TenantRateLimit  int       `json:"tenant_rate_limit"`
@@ -28,6 +34,8 @@ type Service struct {
 type ServiceParams struct {
 	Name             string
 	AllowedCallers   []string
+	Routes           []string
+	Product          string
 	ReplayProtection bool
 	CallerRateLimit  int
 	TenantRateLimit  int
@@ -66,19 +74,47 @@ func (p *ServiceParams) validate() error {
 	if p.AllowedCallers == nil {
 		p.AllowedCallers = []string{}
 	}
+	if len(p.Routes) > 50 {
+		return Invalid("invalid_routes", "at most 50 routes")
+	}
+	for _, r := range p.Routes {
+		if !routePattern.MatchString(r) || strings.Contains(r, "//") || strings.Contains(r, "/../") || strings.HasSuffix(r, "/..") {
+			return Invalid("invalid_routes", "route %q must be a path prefix such as /notes", truncate(r, 60))
+		}
+	}
+	slices.Sort(p.Routes)
+	p.Routes = slices.Compact(p.Routes)
+	if p.Routes == nil {
+		p.Routes = []string{}
+	}
+	if p.Product != "" {
+		if err := ValidateProductName(p.Product); err != nil {
+			return err
+		}
+	}
 	if p.CallerRateLimit < 0 || p.TenantRateLimit < 0 || p.CallerRateLimit > 1_000_000 || p.TenantRateLimit > 1_000_000 {
 		return Invalid("invalid_rate_limit", "rate limits must be between 0 (none) and 1000000 requests per second")
 	}
 	return nil
 }
 
-const serviceColumns = `name, allowed_callers, replay_protection, caller_rate_limit, tenant_rate_limit, key_generation, created_at, updated_at`
+var routePattern = regexp.MustCompile(`^/[A-Za-z0-9._~/-]{0,200}$`)
+
+const serviceColumns = `name, allowed_callers, routes, coalesce(product, ''), replay_protection, caller_rate_limit,
+	tenant_rate_limit, key_generation, created_at, updated_at`
 
 func scanService(row pgx.Row) (Service, error) {
 	var s Service
-	err := row.Scan(&s.Name, &s.AllowedCallers, &s.ReplayProtection, &s.CallerRateLimit, &s.TenantRateLimit,
-		&s.KeyGeneration, &s.CreatedAt, &s.UpdatedAt)
+	err := row.Scan(&s.Name, &s.AllowedCallers, &s.Routes, &s.Product, &s.ReplayProtection, &s.CallerRateLimit,
+		&s.TenantRateLimit, &s.KeyGeneration, &s.CreatedAt, &s.UpdatedAt)
 	return s, err
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // HashCredential is how the catalog keeps a registration credential.
@@ -93,14 +129,18 @@ func (s *Store) CreateService(ctx context.Context, p ServiceParams, credentialHa
 		return Service{}, err
 	}
 	svc, err := scanService(s.q.QueryRow(ctx, `
-		INSERT INTO services (name, allowed_callers, replay_protection, caller_rate_limit, tenant_rate_limit, credential_hash)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING `+serviceColumns,
-		p.Name, p.AllowedCallers, p.ReplayProtection, p.CallerRateLimit, p.TenantRateLimit, credentialHash))
+		INSERT INTO services (name, allowed_callers, routes, product, replay_protection, caller_rate_limit, tenant_rate_limit, credential_hash)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING `+serviceColumns,
+		p.Name, p.AllowedCallers, p.Routes, nullable(p.Product), p.ReplayProtection, p.CallerRateLimit, p.TenantRateLimit, credentialHash))
 	if err != nil {
-		if IsCode(mapError(err), "conflict") {
+		err = mapError(fmt.Errorf("create service: %w", err))
+		switch {
+		case IsCode(err, "conflict"):
 			return Service{}, Conflict("service_exists", "service %q already exists", p.Name)
+		case IsCode(err, "not_found"):
+			return Service{}, Invalid("unknown_product", "product %q does not exist", p.Product)
 		}
-		return Service{}, mapError(fmt.Errorf("create service: %w", err))
+		return Service{}, err
 	}
 	return svc, nil
 }
@@ -112,9 +152,12 @@ func (s *Store) UpdateService(ctx context.Context, p ServiceParams) (Service, er
 	}
 	svc, err := scanService(s.q.QueryRow(ctx, `
 		UPDATE services SET allowed_callers = $2, replay_protection = $3, caller_rate_limit = $4,
-			tenant_rate_limit = $5, updated_at = now()
+			tenant_rate_limit = $5, routes = $6, product = $7, updated_at = now()
 		WHERE name = $1 RETURNING `+serviceColumns,
-		p.Name, p.AllowedCallers, p.ReplayProtection, p.CallerRateLimit, p.TenantRateLimit))
+		p.Name, p.AllowedCallers, p.ReplayProtection, p.CallerRateLimit, p.TenantRateLimit, p.Routes, nullable(p.Product)))
+	if IsCode(mapError(err), "not_found") {
+		return Service{}, Invalid("unknown_product", "product %q does not exist", p.Product)
+	}
 	if isNoRows(err) {
 		return Service{}, NotFound("service_not_found", "service %q does not exist", truncate(p.Name, 40))
 	}
@@ -354,4 +397,25 @@ func (s *Store) SweepInstances(ctx context.Context, dead, grace time.Duration) (
 		return err
 	})
 	return n, err
+}
+
+// Route sends requests whose path starts with Prefix to Service.
+type Route struct {
+	Prefix  string `json:"prefix"`
+	Service string `json:"service"`
+	Product string `json:"product,omitempty"`
+}
+
+// Routes returns the edge's route table, longest prefix first.
+func (s *Store) Routes(ctx context.Context) ([]Route, error) {
+	rows, err := s.q.Query(ctx, `
+		SELECT r.prefix, s.name, coalesce(s.product, '') FROM services s, unnest(s.routes) AS r(prefix)
+		ORDER BY length(r.prefix) DESC, r.prefix, s.name`)
+	if err != nil {
+		return nil, fmt.Errorf("routes: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Route, error) {
+		var r Route
+		return r, row.Scan(&r.Prefix, &r.Service, &r.Product)
+	})
 }

@@ -1,0 +1,515 @@
+package tenantctx
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+)
+
+// Fetcher is where a Cache gets contexts and changes: the control plane's
+// API (Client), or a Source directly inside the control plane.
+type Fetcher interface {
+	BySlug(ctx context.Context, slug string) (Context, error)
+	ByID(ctx context.Context, id uuid.UUID) (Context, error)
+	ByDomain(ctx context.Context, domain string) (Context, error)
+	Snapshot(ctx context.Context, after uuid.UUID, limit int) (Page, error)
+	// Follow calls fn with each event after version `after`, in order,
+	// until ctx ends or the stream breaks.
+	Follow(ctx context.Context, after int64, fn func(Event) error) error
+}
+
+// Errors a lookup can return.
+var (
+	// ErrNotFound: no such tenant (or it was purged).
+	ErrNotFound = errors.New("tenant not found")
+	// ErrUnavailable: the control plane cannot be reached and the cache
+	// has nothing (fresh enough) to answer with. Never an answer of "not
+	// found": the edge says 503, not 404.
+	ErrUnavailable = errors.New("tenant context unavailable")
+)
+
+// Defaults.
+const (
+	CapacityDefault    = 100_000
+	NegativeTTLDefault = 5 * time.Second
+	StaleForDefault    = 10 * time.Minute
+	// feedHealthy is how long after its last event or heartbeat the feed
+	// counts as live (the server sends a heartbeat every 10 seconds).
+	feedHealthy = 25 * time.Second
+)
+
+// Config configures a Cache.
+type Config struct {
+	Fetcher Fetcher
+	// Capacity bounds the contexts kept (CapacityDefault).
+	Capacity int
+	// NegativeTTL is how long an unknown slug or domain is remembered as
+	// unknown when the directory is not complete; at most NegativeCapacity
+	// are remembered.
+	NegativeTTL      time.Duration
+	NegativeCapacity int
+	// StaleFor is how long contexts are still served when the feed is down
+	// (the control plane unreachable): stale-if-error.
+	StaleFor time.Duration
+	// LoadsPerSecond bounds catalog loads for unknown keys while the
+	// directory is incomplete (100 per second by default).
+	LoadsPerSecond float64
+	// OnEvent, when set, is told of routes and regions events.
+	OnEvent func(Event)
+	Now     func() time.Time
+	Logger  *slog.Logger
+}
+
+// Status tells how fresh an answer is.
+type Status struct {
+	// Stale is set when the feed is down and the answer may be out of date.
+	Stale bool
+	// Age is how long since the cache last heard from the control plane,
+	// when Stale.
+	Age time.Duration
+}
+
+// Cache is an in-process tenant-context cache kept current by the change
+// feed. Lookups are lock-light and allocation-free on a hit.
+type Cache struct {
+	cfg    Config
+	seed   maphash.Seed
+	shards [64]cacheShard
+	group  singleflight.Group
+	loads  *rate.Limiter
+
+	mu        sync.RWMutex
+	ids       map[uuid.UUID]string // tenant -> slug, for every cached context
+	dir       map[string]uuid.UUID // the directory: every live slug and verified domain
+	dirOK     atomic.Bool          // the directory is complete
+	neg       map[string]time.Time // unknown keys, until
+	version   atomic.Int64
+	lastSync  atomic.Int64 // unix nanos of the last event or heartbeat
+	connected atomic.Bool
+
+	Stats Stats
+}
+
+// Stats counts what the cache did.
+type Stats struct {
+	Hits, Misses, NegativeHits, Loads, Stale, Events, Reloads atomic.Int64
+}
+
+type cacheShard struct {
+	mu   sync.RWMutex
+	m    map[string]*entry
+	ring []string // CLOCK: slugs in slots, the hand sweeps
+	hand int
+	cap  int
+}
+
+type entry struct {
+	ctx     atomic.Pointer[Context]
+	visited atomic.Bool
+	at      atomic.Int64 // unix nanos it was loaded or confirmed
+}
+
+// NewCache returns a Cache. Run keeps it current.
+func NewCache(cfg Config) *Cache {
+	cfg.Capacity = cmp.Or(cfg.Capacity, CapacityDefault)
+	cfg.NegativeTTL = cmp.Or(cfg.NegativeTTL, NegativeTTLDefault)
+	cfg.NegativeCapacity = cmp.Or(cfg.NegativeCapacity, 100_000)
+	cfg.StaleFor = cmp.Or(cfg.StaleFor, StaleForDefault)
+	cfg.LoadsPerSecond = cmp.Or(cfg.LoadsPerSecond, 100)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Cache{cfg: cfg, seed: maphash.MakeSeed(), loads: rate.NewLimiter(rate.Limit(cfg.LoadsPerSecond), int(cfg.LoadsPerSecond)),
+		ids: map[uuid.UUID]string{}, dir: map[string]uuid.UUID{}, neg: map[string]time.Time{}}
+	per := max(cfg.Capacity/len(c.shards), 1)
+	for i := range c.shards {
+		c.shards[i] = cacheShard{m: make(map[string]*entry, per), cap: per}
+	}
+	return c
+}
+
+func (c *Cache) shard(slug string) *cacheShard {
+	return &c.shards[maphash.String(c.seed, slug)&63]
+}
+
+// Version is the change-log version the cache is current at.
+func (c *Cache) Version() int64 { return c.version.Load() }
+
+// Connected reports whether the feed is live.
+func (c *Cache) Connected() bool {
+	return c.connected.Load() && c.cfg.Now().UnixNano()-c.lastSync.Load() < int64(feedHealthy)
+}
+
+// Len is the number of contexts held.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		n += len(s.m)
+		s.mu.RUnlock()
+	}
+	return n
+}
+
+// Lookup returns the context of the tenant with slug.
+func (c *Cache) Lookup(ctx context.Context, slug string) (*Context, Status, error) {
+	if e := c.get(slug); e != nil {
+		if st, ok := c.usable(e); ok {
+			return e.ctx.Load(), st, nil
+		}
+	}
+	return c.load(ctx, "slug:"+slug, slug, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.BySlug(ctx, slug) })
+}
+
+// LookupID returns the context of tenant id.
+func (c *Cache) LookupID(ctx context.Context, id uuid.UUID) (*Context, Status, error) {
+	c.mu.RLock()
+	slug, ok := c.ids[id]
+	c.mu.RUnlock()
+	if ok {
+		if e := c.get(slug); e != nil {
+			if st, ok := c.usable(e); ok {
+				return e.ctx.Load(), st, nil
+			}
+		}
+	}
+	key := id.String()
+	return c.load(ctx, "id:"+key, "", func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByID(ctx, id) })
+}
+
+// LookupDomain returns the context of the tenant that proved control of domain.
+func (c *Cache) LookupDomain(ctx context.Context, domain string) (*Context, Status, error) {
+	c.mu.RLock()
+	id, ok := c.dir["d:"+domain]
+	c.mu.RUnlock()
+	if ok {
+		return c.LookupID(ctx, id)
+	}
+	return c.load(ctx, "domain:"+domain, "d:"+domain, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByDomain(ctx, domain) })
+}
+
+func (c *Cache) get(slug string) *entry {
+	s := c.shard(slug)
+	s.mu.RLock()
+	e := s.m[slug]
+	s.mu.RUnlock()
+	if e != nil && !e.visited.Load() {
+		e.visited.Store(true)
+	}
+	return e
+}
+
+// usable says whether a cached context may be served: always while the
+// feed is live; for StaleFor after the cache last heard from the control
+// plane when it is not (marked stale).
+func (c *Cache) usable(e *entry) (Status, bool) {
+	now := c.cfg.Now().UnixNano()
+	if c.Connected() {
+		c.Stats.Hits.Add(1)
+		return Status{}, true
+	}
+	heard := max(c.lastSync.Load(), e.at.Load())
+	if age := time.Duration(now - heard); age < c.cfg.StaleFor {
+		c.Stats.Hits.Add(1)
+		if c.lastSync.Load() != 0 {
+			c.Stats.Stale.Add(1)
+			return Status{Stale: true, Age: age}, true
+		}
+		return Status{}, true // no feed is run: entries live for StaleFor
+	}
+	return Status{}, false
+}
+
+// load fetches a context the cache does not hold: one fetch per key at a
+// time, unknown keys answered from the directory or remembered for a
+// while, and catalog loads bounded.
+func (c *Cache) load(ctx context.Context, key, dirKey string, fetch func(context.Context) (Context, error)) (*Context, Status, error) {
+	c.Stats.Misses.Add(1)
+	now := c.cfg.Now()
+	if dirKey != "" && c.dirOK.Load() && c.Connected() {
+		c.mu.RLock()
+		_, known := c.dir[dirKey]
+		c.mu.RUnlock()
+		if !known {
+			c.Stats.NegativeHits.Add(1)
+			return nil, Status{}, ErrNotFound
+		}
+	}
+	c.mu.RLock()
+	until, negative := c.neg[key]
+	c.mu.RUnlock()
+	if negative && now.Before(until) {
+		c.Stats.NegativeHits.Add(1)
+		return nil, Status{}, ErrNotFound
+	}
+	if !c.loads.Allow() {
+		return nil, Status{}, ErrUnavailable
+	}
+	v, err, _ := c.group.Do(key, func() (any, error) {
+		c.Stats.Loads.Add(1)
+		// The load outlives the first caller: others may be waiting on it.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		tc, err := fetch(lctx)
+		if err != nil {
+			return nil, err
+		}
+		return c.put(&tc), nil
+	})
+	switch {
+	case err == nil:
+		return v.(*Context), Status{}, nil
+	case errors.Is(err, ErrNotFound):
+		c.mu.Lock()
+		if len(c.neg) >= c.cfg.NegativeCapacity {
+			clear(c.neg)
+		}
+		c.neg[key] = now.Add(c.cfg.NegativeTTL)
+		c.mu.Unlock()
+		return nil, Status{}, ErrNotFound
+	}
+	c.cfg.Logger.Warn("tenant context unavailable", "key", key, "error", err)
+	return nil, Status{}, ErrUnavailable
+}
+
+// put stores a context (replacing an older one) and returns what is cached.
+func (c *Cache) put(tc *Context) *Context {
+	s := c.shard(tc.Slug)
+	now := c.cfg.Now().UnixNano()
+	s.mu.Lock()
+	if e, ok := s.m[tc.Slug]; ok {
+		if cur := e.ctx.Load(); cur.Version > tc.Version {
+			s.mu.Unlock()
+			return cur
+		}
+		e.ctx.Store(tc)
+		e.at.Store(now)
+		s.mu.Unlock()
+		c.index(tc)
+		return tc
+	}
+	e := &entry{}
+	e.ctx.Store(tc)
+	e.at.Store(now)
+	var evicted *Context
+	if len(s.ring) < s.cap {
+		s.ring = append(s.ring, tc.Slug)
+	} else {
+		for { // CLOCK: give visited entries a second chance
+			victim := s.m[s.ring[s.hand]]
+			if victim != nil && victim.visited.Load() {
+				victim.visited.Store(false)
+				s.hand = (s.hand + 1) % len(s.ring)
+				continue
+			}
+			if victim != nil {
+				evicted = victim.ctx.Load()
+			}
+			delete(s.m, s.ring[s.hand])
+			s.ring[s.hand] = tc.Slug
+			s.hand = (s.hand + 1) % len(s.ring)
+			break
+		}
+	}
+	s.m[tc.Slug] = e
+	s.mu.Unlock()
+	c.mu.Lock()
+	if evicted != nil && c.ids[evicted.TenantID] == evicted.Slug {
+		delete(c.ids, evicted.TenantID)
+	}
+	c.mu.Unlock()
+	c.index(tc)
+	return tc
+}
+
+// index records a context in the ID index and the directory, and forgets
+// that its keys were unknown.
+func (c *Cache) index(tc *Context) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ids[tc.TenantID] = tc.Slug
+	c.dir[tc.Slug] = tc.TenantID
+	delete(c.neg, "slug:"+tc.Slug)
+	delete(c.neg, "id:"+tc.TenantID.String())
+	for _, d := range tc.Domains {
+		c.dir["d:"+d] = tc.TenantID
+		delete(c.neg, "domain:"+d)
+	}
+}
+
+// remove forgets a tenant that is gone.
+func (c *Cache) remove(id uuid.UUID) {
+	c.mu.Lock()
+	slug, ok := c.ids[id]
+	delete(c.ids, id)
+	for k, v := range c.dir {
+		if v == id {
+			delete(c.dir, k)
+		}
+	}
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	s := c.shard(slug)
+	s.mu.Lock()
+	if e, ok := s.m[slug]; ok && e.ctx.Load().TenantID == id {
+		delete(s.m, slug) // its ring slot is reused by the next eviction
+	}
+	s.mu.Unlock()
+}
+
+// Warm loads the snapshot: the directory of every tenant, and contexts up
+// to the capacity. The feed then follows from the snapshot's version.
+func (c *Cache) Warm(ctx context.Context) error {
+	var cursor uuid.UUID
+	var version int64 = -1
+	dir := map[string]uuid.UUID{}
+	loaded := 0
+	for {
+		p, err := c.cfg.Fetcher.Snapshot(ctx, cursor, 500)
+		if err != nil {
+			return err
+		}
+		if version < 0 {
+			version = p.Version
+		}
+		for i := range p.Items {
+			tc := p.Items[i]
+			dir[tc.Slug] = tc.TenantID
+			for _, d := range tc.Domains {
+				dir["d:"+d] = tc.TenantID
+			}
+			if loaded < c.cfg.Capacity {
+				c.put(&tc)
+				loaded++
+			}
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		if cursor, err = uuid.Parse(p.NextCursor); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	for k, v := range dir {
+		c.dir[k] = v
+	}
+	c.mu.Unlock()
+	c.dirOK.Store(true)
+	if version > c.version.Load() {
+		c.version.Store(version)
+	}
+	return nil
+}
+
+// Run follows the change feed until ctx ends: it applies every change to
+// what the cache holds, reconnects after a break (resuming from the last
+// version it saw, so nothing is missed), and reloads when told it fell
+// behind the feed's retention.
+func (c *Cache) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := c.cfg.Fetcher.Follow(ctx, c.version.Load(), func(ev Event) error {
+			c.connected.Store(true)
+			backoff = 100 * time.Millisecond
+			return c.apply(ctx, ev)
+		})
+		c.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		c.cfg.Logger.Warn("tenant-context feed broke; reconnecting", "error", err, "version", c.version.Load())
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)))):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (c *Cache) apply(ctx context.Context, ev Event) error {
+	c.Stats.Events.Add(1)
+	switch ev.Type {
+	case "tenant":
+		switch {
+		case ev.Context != nil:
+			tc := *ev.Context
+			c.mu.RLock()
+			_, cached := c.ids[tc.TenantID]
+			c.mu.RUnlock()
+			if cached {
+				c.put(&tc)
+			} else {
+				c.index(&tc) // not cached: the directory learns of it
+			}
+		case ev.TenantID != nil:
+			c.remove(*ev.TenantID)
+		}
+	case "shard":
+		c.readdress(ev.Shard, ev.Address)
+	case "reset":
+		c.Stats.Reloads.Add(1)
+		c.dirOK.Store(false)
+		for i := range c.shards {
+			s := &c.shards[i]
+			s.mu.Lock()
+			clear(s.m)
+			s.ring, s.hand = s.ring[:0], 0
+			s.mu.Unlock()
+		}
+		c.mu.Lock()
+		clear(c.ids)
+		clear(c.dir)
+		c.mu.Unlock()
+		c.version.Store(ev.Version)
+		if err := c.Warm(ctx); err != nil {
+			return err
+		}
+	case "routes", "regions":
+		if c.cfg.OnEvent != nil {
+			c.cfg.OnEvent(ev)
+		}
+	}
+	if ev.Version > c.version.Load() {
+		c.version.Store(ev.Version)
+	}
+	c.lastSync.Store(c.cfg.Now().UnixNano())
+	return nil
+}
+
+// readdress points cached contexts on shard at its new address.
+func (c *Cache) readdress(shard, addr string) {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for _, e := range s.m {
+			cur := e.ctx.Load()
+			for j, p := range cur.Placements {
+				if p.Shard == shard && p.Address != addr {
+					next := *cur
+					next.Placements = append([]Placement(nil), cur.Placements...)
+					next.Placements[j].Address = addr
+					e.ctx.Store(&next)
+					cur = &next
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+}
