@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -198,7 +200,7 @@ func TestDevStackFlow(t *testing.T) {
 
 	startDev := func() (*exec.Cmd, *bytes.Buffer) {
 		var out bytes.Buffer
-		dev := plinth(ctx, env, "dev", "--listen", "127.0.0.1:0", "--shards", "2", "--warm-pool", "1")
+		dev := plinth(ctx, env, "dev", "--listen", "127.0.0.1:0", "--edge-listen", "127.0.0.1:0", "--shards", "2", "--warm-pool", "1")
 		dev.Stdout, dev.Stderr = &out, &out
 		must(t, dev.Start())
 		testkit.Eventually(t, 2*time.Minute, "plinth dev to be ready", func() (bool, error) {
@@ -254,6 +256,42 @@ func TestDevStackFlow(t *testing.T) {
 		t.Fatalf("notes without a tenant: %v\n%s", err, got)
 	}
 
+	// The edge routes acme's Host to notes with acme's context; a
+	// suspended tenant is refused soon after, and served again on resume.
+	st, err = devstack.ReadState(home)
+	must(t, err)
+	viaEdge := func(host string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", st.EdgeURL+"/notes", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := viaEdge("ACME.plinth.localhost."); code != 200 || !strings.Contains(body, `"tenant":"acme"`) || !strings.Contains(body, "first note") {
+		t.Fatalf("through the edge: %d %s", code, body)
+	}
+	if code, body := viaEdge("nobody.plinth.localhost"); code != 404 || !strings.Contains(body, "tenant_not_found") {
+		t.Fatalf("an unknown tenant through the edge: %d %s", code, body)
+	}
+	if got, err := run("tenant", "suspend", "acme", "--reason", "e2e"); err != nil {
+		t.Fatalf("suspend: %v\n%s", err, got)
+	}
+	testkit.Eventually(t, 30*time.Second, "the edge to refuse suspended acme", func() (bool, error) {
+		code, body := viaEdge("acme.plinth.localhost")
+		return code == 403 && strings.Contains(body, "tenant_suspended"), fmt.Errorf("%d %s", code, body)
+	})
+	if got, err := run("tenant", "resume", "acme"); err != nil {
+		t.Fatalf("resume: %v\n%s", err, got)
+	}
+	testkit.Eventually(t, 30*time.Second, "the edge to serve acme again", func() (bool, error) {
+		code, body := viaEdge("acme.plinth.localhost")
+		return code == 200, fmt.Errorf("%d %s", code, body)
+	})
+
 	if got, err := run("dev", "--listen", "127.0.0.1:0"); err == nil || !strings.Contains(got, "already running") {
 		t.Fatalf("a second plinth dev: %v\n%s", err, got)
 	}
@@ -293,7 +331,9 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"tenant", "create"}, "accepts 1 arg"},
 		{[]string{"tenant", "purge", "acme"}, "--reason"},
 		{[]string{"-o", "yaml", "tenant", "list"}, "--output must be table or json"},
-		{[]string{"serve", "--role", "edge"}, "unknown role"},
+		{[]string{"serve", "--role", "edge"}, "--region"},
+		{[]string{"serve", "--role", "bogus"}, "unknown role"},
+		{[]string{"serve", "--role", "edge,control"}, "each run alone"},
 		{[]string{"serve", "--role", "worker"}, "no control database"},
 		{[]string{"product", "register", "x", "--migrations", "/nonexistent"}, "--migrations /nonexistent"},
 		{[]string{"dev", "--shards", "99"}, "--shards must be between 1 and 16"},

@@ -52,6 +52,7 @@ next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 	cmd.Flags().StringVar(&regions, "regions", devstack.RegionDefault, "comma-separated regions to spread the shards over")
 	cmd.Flags().BoolVar(&cfg.Reset, "reset", false, "wipe PLINTH_HOME first")
 	cmd.Flags().StringVar(&cfg.Listen, "listen", devstack.ListenDefault, "control API address")
+	cmd.Flags().StringVar(&cfg.EdgeListen, "edge-listen", devstack.EdgeListenDefault, "address of the first region's edge")
 	cmd.Flags().IntVar(&cfg.WarmPool, "warm-pool", devstack.WarmPoolDefault, "warm databases of the sample product per shard")
 	cmd.AddCommand(devPsqlCmd(g), devCallCmd(g), devEnvCmd(g))
 	return cmd
@@ -216,8 +217,9 @@ func serveCmd() *cobra.Command {
 	var roles, listen, dbURL, tokenFile, logLevel string
 	var pc provision.Config
 	var sc sidecarFlags
+	var ef edgeFlags
 	cmd := &cobra.Command{
-		Use:   "serve --role control|worker|all|sidecar",
+		Use:   "serve --role control|worker|all|sidecar|edge",
 		Short: "Run Plinth roles (production)",
 		Long: `Run one or more roles: control (the control API) and worker (provisioning,
 lifecycle and maintenance jobs) against a control database, from
@@ -228,6 +230,10 @@ Or run a service's sidecar (--role sidecar, alone): it needs --service,
 --upstream (the service's own URL), the control plane's URL (--control-url
 or PLINTH_URL) and the service's registration credential
 (PLINTH_SERVICE_CREDENTIAL or --credential-file).
+
+Or run a region's edge router (--role edge, alone): it needs --region, the
+control plane's URL and the registration credential of the edge service
+(plinth service create edge), and serves tenant traffic on --edge-listen.
 
 Logs are JSON on stderr. SIGTERM drains: requests in flight finish, jobs in
 flight get 30 seconds.`,
@@ -240,8 +246,11 @@ flight get 30 seconds.`,
 			if roles == "sidecar" {
 				return runSidecar(cmd.Context(), sc, slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 			}
-			if strings.Contains(roles, "sidecar") {
-				return errors.New("the sidecar runs alone: --role sidecar")
+			if roles == "edge" {
+				return runEdge(cmd.Context(), ef, sc, slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			}
+			if strings.Contains(roles, "sidecar") || strings.Contains(roles, "edge") {
+				return errors.New("the sidecar and the edge each run alone: --role sidecar or --role edge")
 			}
 			rs, err := server.ParseRoles(roles)
 			if err != nil {
@@ -277,7 +286,7 @@ flight get 30 seconds.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&roles, "role", "all", "roles to run: control, worker, all (comma-separated), or sidecar")
+	f.StringVar(&roles, "role", "all", "roles to run: control, worker, all (comma-separated), or sidecar, or edge")
 	f.StringVar(&listen, "listen", ":7070", "control API address")
 	f.StringVar(&dbURL, "database-url", "", "control database URL (default $PLINTH_DATABASE_URL)")
 	f.StringVar(&tokenFile, "admin-token-file", "", "file holding the admin token (default $PLINTH_ADMIN_TOKEN)")
@@ -293,6 +302,7 @@ flight get 30 seconds.`,
 	f.DurationVar(&pc.SweepInterval, "sweep-interval", provision.SweepIntervalDefault, "clean-up interval")
 	f.DurationVar(&pc.AbandonAfter, "abandon-after", provision.AbandonAfterDefault, "when a warm database stuck in creating is dropped")
 	sc.flags(cmd)
+	ef.flags(cmd)
 	f.DurationVar(&pc.Retention, "retention", provision.RetentionDefault, "how long deleted tenants are kept before purging")
 	return cmd
 }
@@ -338,26 +348,22 @@ func (f *sidecarFlags) flags(cmd *cobra.Command) {
 	fs := cmd.Flags()
 	fs.StringVar(&f.service, "service", "", "sidecar: the service it fronts")
 	fs.StringVar(&f.upstream, "upstream", "", "sidecar: the service's own URL, e.g. http://127.0.0.1:8081")
-	fs.StringVar(&f.controlURL, "control-url", "", "sidecar: the control plane's URL (default $PLINTH_URL)")
-	fs.StringVar(&f.credentialFile, "credential-file", "", "sidecar: file holding the registration credential (default $PLINTH_SERVICE_CREDENTIAL)")
+	fs.StringVar(&f.controlURL, "control-url", "", "sidecar, edge: the control plane's URL (default $PLINTH_URL)")
+	fs.StringVar(&f.credentialFile, "credential-file", "", "sidecar, edge: file holding the registration credential (default $PLINTH_SERVICE_CREDENTIAL)")
 	fs.StringVar(&f.ingress, "ingress", ":7443", "sidecar: address callers reach the service at")
 	fs.StringVar(&f.egress, "egress", "127.0.0.1:7444", "sidecar: address the service calls others through (keep it on loopback)")
 	fs.StringVar(&f.admin, "admin", "127.0.0.1:7445", "sidecar: address of /metrics, /healthz and /readyz")
 	fs.StringVar(&f.advertise, "advertise", "", "sidecar: URL others reach the ingress at (default from the ingress address)")
-	fs.StringVar(&f.redis, "redis", "", "sidecar: Redis address for limits and replay records shared by replicas")
+	fs.StringVar(&f.redis, "redis", "", "sidecar, edge: Redis address for limits and replay records shared by replicas")
 	fs.StringVar(&f.fallback, "ratelimit-fallback", "local", "sidecar: when Redis fails, limit locally, or let requests through (open), or refuse them (closed)")
 	fs.StringVar(&f.keyAlg, "key-alg", "ES256", "sidecar: signing algorithm: ES256, RS256 or EdDSA")
 	fs.DurationVar(&f.tokenLifetime, "token-lifetime", auth.DefaultLifetime, "sidecar: lifetime of the tokens it mints (at most 1h)")
 }
 
 func runSidecar(ctx context.Context, f sidecarFlags, logger *slog.Logger) error {
-	cred := os.Getenv("PLINTH_SERVICE_CREDENTIAL")
-	if f.credentialFile != "" {
-		data, err := os.ReadFile(f.credentialFile)
-		if err != nil {
-			return fmt.Errorf("--credential-file: %w", err)
-		}
-		cred = strings.TrimSpace(string(data))
+	cred, err := serviceCredential(f.credentialFile)
+	if err != nil {
+		return err
 	}
 	if f.controlURL == "" {
 		f.controlURL = os.Getenv("PLINTH_URL")

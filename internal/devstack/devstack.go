@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/edge"
 	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 	"github.com/plinth-platform/plinth/internal/provision"
 	"github.com/plinth-platform/plinth/internal/server"
@@ -54,6 +55,8 @@ type Config struct {
 	Regions []string
 	Reset   bool
 	Listen  string
+	// EdgeListen is where the first region's edge serves tenant traffic.
+	EdgeListen string
 	// DatabaseURL is an external control database (PLINTH_DATABASE_URL);
 	// empty means a local cluster under Home.
 	DatabaseURL string
@@ -153,6 +156,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer smp.stop() // before the server stops: the sidecars deregister through it
 	st.Samples = smp.where
+	edges, err := startEdges(ctx, store, st, cfg.EdgeListen, st.APIURL, creds["edge"], logger)
+	if err != nil {
+		return err
+	}
+	defer stopEdges(edges)
+	st.Edges = map[string]string{}
+	for _, e := range edges {
+		st.Edges[e.Region()] = "http://" + e.Addr()
+	}
+	st.EdgeURL = "http://" + edges[0].Addr()
 	if err := writeState(home, st); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
@@ -182,6 +195,9 @@ func (c *Config) complete() error {
 		if err := catalog.ValidateName("region", r); err != nil {
 			return fmt.Errorf("--regions: %w", err)
 		}
+	}
+	if c.EdgeListen == "" {
+		c.EdgeListen = EdgeListenDefault
 	}
 	if c.Listen == "" {
 		c.Listen = ListenDefault
@@ -412,19 +428,20 @@ Plinth is running (started in %.1fs; state in %s)
   Control DB     %s
   Shards         %s
   Product        %s (default)
+  Edge           %s (tenants at <slug>.%s)
   Services       notes: sidecar http://%s, echo: sidecar http://%s (each only through its sidecar)
   Logs           %s
 
 Create a first tenant in another terminal (it finds the API and token in %s),
-then call the notes service as that tenant, through the sidecars:
+then reach the notes service as that tenant through the edge:
 
   %s tenant create acme --wait
-  %s dev call notes /notes --tenant acme -d '{"body": "hello"}'
+  curl -H 'Host: acme.%s' %s/notes -d '{"body": "hello"}'
 
 Press Ctrl-C to stop; the next start reuses everything (--reset wipes it).
 `, took.Seconds(), home, st.APIURL, st.APIURL, token, control, strings.Join(shards, ", "),
-		SampleProduct, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress, filepath.Join(home, logFile), cfg.Home,
-		cfg.Command, cfg.Command)
+		SampleProduct, st.EdgeURL, edge.BaseDomainDefault, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress,
+		filepath.Join(home, logFile), cfg.Home, cfg.Command, edge.BaseDomainDefault, st.EdgeURL)
 }
 
 func newToken() string {

@@ -28,9 +28,10 @@ import (
 // The sample services plinth dev runs, each behind its own sidecar, and who
 // may call them. plinth-dev is the identity `plinth dev call` speaks as.
 var sampleServices = []catalog.ServiceParams{
-	{Name: "notes", AllowedCallers: []string{"edge", DevCaller}},
+	{Name: "notes", AllowedCallers: []string{"edge", DevCaller}, Routes: []string{"/notes", "/echo"}, Product: SampleProduct},
 	{Name: "echo", AllowedCallers: []string{"notes", DevCaller}},
 	{Name: DevCaller, AllowedCallers: []string{}},
+	{Name: "edge", AllowedCallers: []string{}},
 }
 
 // DevCaller is the service identity of `plinth dev call`.
@@ -62,7 +63,17 @@ func ensureServices(ctx context.Context, store *catalog.Store, home string) (map
 		_ = json.Unmarshal(data, &creds)
 	}
 	for _, p := range sampleServices {
-		_, err := store.GetService(ctx, p.Name)
+		svc, err := store.GetService(ctx, p.Name)
+		if err == nil && len(p.Routes) > 0 && len(svc.Routes) == 0 {
+			// A stack made before the edge: give the sample its routes,
+			// keeping what the operator allowed since.
+			up := p
+			up.AllowedCallers = append(append([]string{}, svc.AllowedCallers...), p.AllowedCallers...)
+			up.CallerRateLimit, up.TenantRateLimit, up.ReplayProtection = svc.CallerRateLimit, svc.TenantRateLimit, svc.ReplayProtection
+			if _, err := store.UpdateService(ctx, up); err != nil {
+				return nil, err
+			}
+		}
 		switch {
 		case catalog.IsCode(err, "service_not_found"):
 			creds[p.Name] = api.NewCredential(p.Name)

@@ -35,6 +35,9 @@ type State struct {
 	Shards   []ClusterInfo `json:"shards"`
 	// Samples says where the sample services and their sidecars listen.
 	Samples map[string]Sample `json:"samples,omitempty"`
+	// EdgeURL is the first region's edge; Edges every region's.
+	EdgeURL string            `json:"edge_url,omitempty"`
+	Edges   map[string]string `json:"edges,omitempty"`
 }
 
 // ClusterInfo is one local Postgres cluster.

@@ -68,6 +68,9 @@ type Route struct {
 	Attempted func(upstream string, status int, err error)
 	// OnResponse may edit the response head before the client gets it.
 	OnResponse func(*Response)
+	// Done, when set, is called once the forwarded exchange has ended
+	// (body relayed, upgrade closed, or failed), with the status sent.
+	Done func(status int)
 }
 
 // Reply is a response the proxy makes itself.
@@ -331,6 +334,9 @@ func (c *conn) handle() (int, bool) {
 		return route.Reply.Status, keep && c.bw.Flush() == nil
 	}
 	status, keep := c.forward(route)
+	if route.Done != nil {
+		route.Done(status)
+	}
 	return status, keep && !req.Close && !shutting
 }
 

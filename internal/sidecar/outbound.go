@@ -47,6 +47,16 @@ func (s *Sidecar) outbound(req *proxy.Request) proxy.Route {
 	if !ok {
 		return proxy.Route{Reply: proxy.Problem(400, "bad_target", "call http://<egress>/<service>/<path>")}
 	}
+	tenant := auth.Tenant{ID: req.Header.Get(HeaderTenantID), Slug: req.Header.Get(HeaderTenantSlug), Region: req.Header.Get(HeaderRegion)}
+	req.Target = rest
+	return s.Forward(req, name, tenant)
+}
+
+// Forward routes req (whose Target is already the path on the service) to
+// an instance of service, with a token minted for it on behalf of tenant.
+// Client-supplied Plinth-* headers are dropped. The edge forwards through
+// this after it has resolved the tenant.
+func (s *Sidecar) Forward(req *proxy.Request, name string, tenant auth.Tenant) proxy.Route {
 	t, err := s.target(name)
 	if err != nil {
 		if api.IsCode(err, "service_not_found") {
@@ -58,7 +68,6 @@ func (s *Sidecar) outbound(req *proxy.Request) proxy.Route {
 	if !ok {
 		return proxy.Route{Reply: proxy.Problem(503, "no_endpoints", "no instance of "+name+" is running")}
 	}
-	tenant := auth.Tenant{ID: req.Header.Get(HeaderTenantID), Slug: req.Header.Get(HeaderTenantSlug), Region: req.Header.Get(HeaderRegion)}
 	sign := func(r *proxy.Request, upstream string) bool {
 		token, err := s.minter.Token(name, tenant, t.isReplay())
 		if err != nil {
@@ -69,7 +78,6 @@ func (s *Sidecar) outbound(req *proxy.Request) proxy.Route {
 		return true
 	}
 	req.Header.DelPrefix("Plinth-")
-	req.Target = rest
 	if !sign(req, ep) {
 		return proxy.Route{Reply: proxy.Problem(500, "token_mint_failed", "could not mint a token")}
 	}

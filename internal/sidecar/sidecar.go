@@ -69,6 +69,10 @@ type Config struct {
 	// Advertise is the URL others reach the ingress at (default: derived
 	// from the ingress listener).
 	Advertise string
+	// ClientOnly runs no listeners and fronts no service: the sidecar only
+	// registers a signing key and forwards calls made in process through
+	// Forward (the edge works so). Upstream is not needed; Advertise is.
+	ClientOnly bool
 	// KeyAlg is the signing algorithm (ES256 by default).
 	KeyAlg auth.Alg
 	// TokenLifetime of minted tokens (60s by default).
@@ -128,7 +132,12 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, errors.New("sidecar: a registration credential and the control plane's URL are required")
 	}
 	u, err := url.Parse(cfg.Upstream)
-	if err != nil || u.Scheme != "http" || u.Host == "" {
+	if cfg.ClientOnly {
+		u, err = &url.URL{}, nil
+		if cfg.Advertise == "" {
+			return nil, errors.New("sidecar: a client-only sidecar needs the URL it is reached at (Advertise)")
+		}
+	} else if err != nil || u.Scheme != "http" || u.Host == "" {
 		return nil, fmt.Errorf("sidecar: --upstream must be an http:// URL of the service, not %q", cfg.Upstream)
 	}
 	cfg.KeyAlg = cmp.Or(cfg.KeyAlg, auth.ES256)
@@ -255,6 +264,29 @@ func (s *Sidecar) Start(ctx context.Context) error {
 	return nil
 }
 
+// StartClient starts a client-only sidecar: it makes a key, registers
+// (so the key reaches the repository) and keeps heartbeating; calls go
+// through Forward.
+func (s *Sidecar) StartClient(ctx context.Context) error {
+	if !s.cfg.ClientOnly {
+		return errors.New("sidecar: StartClient needs Config.ClientOnly")
+	}
+	key, err := s.newKey(1)
+	if err != nil {
+		return err
+	}
+	if s.minter, err = auth.NewMinter(s.cfg.Service, key, s.cfg.TokenLifetime, nil); err != nil {
+		return err
+	}
+	if err := s.register(ctx); err != nil {
+		return err
+	}
+	s.heartbeatDone = make(chan struct{})
+	go s.heartbeats()
+	s.log.Info("client sidecar registered", "kid", s.minter.Key().Kid)
+	return nil
+}
+
 // IngressAddr, EgressAddr and AdminAddr are the listeners' addresses.
 func (s *Sidecar) IngressAddr() string { return s.ingress.Addr().String() }
 func (s *Sidecar) EgressAddr() string  { return s.egress.Addr().String() }
@@ -270,6 +302,9 @@ func (s *Sidecar) Stop(ctx context.Context) error {
 		s.log.Warn("deregister", "error", err)
 	}
 	cancel()
+	if s.cfg.ClientOnly {
+		return nil
+	}
 	errs := []error{s.ingressSrv.Shutdown(ctx), s.egressSrv.Shutdown(ctx), s.adminSrv.Shutdown(ctx)}
 	<-s.serversDone
 	return errors.Join(errs...)
