@@ -344,6 +344,9 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) error {
 		select {
 		case <-done:
 		case <-time.After(min(time.Until(deadline), time.Second)):
+		case <-s.closing: // draining: answer with what is known now
+			cancel()
+			return writeJSON(w, http.StatusOK, op)
 		case <-r.Context().Done():
 			cancel()
 			return r.Context().Err()

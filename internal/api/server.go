@@ -26,6 +26,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,6 +84,15 @@ type Server struct {
 	routes    []route
 	metrics   *metrics
 	tenants   *tenantctx.Source
+	closing   chan struct{}
+	closeOnce sync.Once
+}
+
+// Shutdown ends the change-feed streams, so that a draining server does
+// not wait on them (their readers reconnect, to another replica or to this
+// one restarted). Register it with http.Server.RegisterOnShutdown.
+func (s *Server) Shutdown() {
+	s.closeOnce.Do(func() { close(s.closing) })
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
@@ -111,7 +121,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, tokenHash: sha256.Sum256([]byte(cfg.AdminToken)), log: cfg.Logger, mux: http.NewServeMux(),
-		tenants: tenantctx.NewSource(cfg.Store)}
+		tenants: tenantctx.NewSource(cfg.Store), closing: make(chan struct{})}
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
 	s.routes = s.routeTable()
 	for _, rt := range s.routes {

@@ -376,6 +376,9 @@ func (s *Server) endpoints(w http.ResponseWriter, r *http.Request) error {
 		select {
 		case <-changed:
 		case <-time.After(min(time.Until(deadline), time.Second)):
+		case <-s.closing: // draining: answer with what is known now
+			cancel()
+			return writeJSON(w, http.StatusOK, out)
 		case <-r.Context().Done():
 			cancel()
 			return r.Context().Err()

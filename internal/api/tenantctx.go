@@ -119,7 +119,7 @@ func (s *Server) contextChanges(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	beat := time.Now()
+	var beat time.Time // the stream opens with a sync, so the reader knows it is live
 	for {
 		var changed <-chan struct{}
 		cancel := func() {}
@@ -164,6 +164,9 @@ func (s *Server) contextChanges(w http.ResponseWriter, r *http.Request) error {
 		case <-changed:
 		case <-time.After(time.Second):
 		case <-r.Context().Done():
+			cancel()
+			return nil
+		case <-s.closing:
 			cancel()
 			return nil
 		}

@@ -174,6 +174,7 @@ func (s *Server) startAPI(ctx context.Context, store *catalog.Store, svc *provis
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
 	}
+	s.http.RegisterOnShutdown(handler.Shutdown)
 	go func() {
 		defer close(s.done)
 		if err := s.http.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
