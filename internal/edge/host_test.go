@@ -22,7 +22,7 @@ func TestParseHost(t *testing.T) {
 		{host: "support.acme.example", domain: "support.acme.example"},
 		{host: "Support.Acme.Example.:443", domain: "support.acme.example"},
 		{host: "acme.plinth.localhost.evil.test", domain: "acme.plinth.localhost.evil.test"}, // a custom domain nobody proved
-		{host: "xn--80ak6aa92e.com", domain: "xn--80ak6aa92e.com"},                        // punycode is an ordinary name
+		{host: "xn--80ak6aa92e.com", domain: "xn--80ak6aa92e.com"},                           // punycode is an ordinary name
 		{host: "", bad: true},
 		{host: "plinth.localhost", bad: true},
 		{host: ".plinth.localhost", bad: true},
