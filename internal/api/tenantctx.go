@@ -23,14 +23,18 @@ type DomainRequest struct {
 
 // DomainResponse is a custom domain and how to prove control of it.
 type DomainResponse struct {
-	catalog.Domain
+	Domain     string     `json:"domain"`
+	TenantID   uuid.UUID  `json:"tenant_id"`
+	Token      string     `json:"token"`
+	VerifiedAt *time.Time `json:"verified_at,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
 	// How to prove control (either will do).
 	DNSRecord string `json:"dns_record"`
 	HTTPURL   string `json:"http_url"`
 }
 
 func domainView(d catalog.Domain) DomainResponse {
-	return DomainResponse{Domain: d,
+	return DomainResponse{Domain: d.Domain, TenantID: d.TenantID, Token: d.Token, VerifiedAt: d.VerifiedAt, CreatedAt: d.CreatedAt,
 		DNSRecord: "_plinth-challenge." + d.Domain + " TXT " + d.Token,
 		HTTPURL:   "http://" + d.Domain + domainproof.ChallengePath + d.Token}
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/domainproof"
 	"github.com/plinth-platform/plinth/internal/edge"
 	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 	"github.com/plinth-platform/plinth/internal/provision"
@@ -128,6 +130,8 @@ func Run(ctx context.Context, cfg Config) error {
 	srv, err := server.Start(ctx, server.Config{
 		DatabaseURL: dbURL, Roles: []server.Role{server.RoleControl, server.RoleWorker},
 		Listen: cfg.Listen, AdminToken: token, Logger: logger,
+		// A local fleet's domains resolve to this machine.
+		Domains: &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
 		Provision: provision.Config{JobTimeout: time.Minute, RescueAfter: 70 * time.Second},
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package edge_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/plinth-platform/plinth/internal/api"
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/domainproof"
 	"github.com/plinth-platform/plinth/internal/edge"
 	"github.com/plinth-platform/plinth/internal/provision"
 	"github.com/plinth-platform/plinth/internal/server"
@@ -79,6 +81,11 @@ type bundle struct {
 	tenants  map[string]uuid.UUID
 	seen     *seen
 	stop     func()
+	// web is the tenants' own web server the HTTP domain proof reaches;
+	// published maps a domain to the token it serves.
+	web       *httptest.Server
+	mu        sync.Mutex
+	published map[string]string
 }
 
 // setup starts a control plane (regions r1 and r2, a shard in each, the
@@ -89,7 +96,18 @@ func setup(t *testing.T) *bundle {
 	ctx := testkit.Context(t, 3*time.Minute)
 	shard := testkit.SharedCluster(t)
 	_, dsn := testkit.MigratedDatabase(t, "control", migrateControl)
-	b := &bundle{ctx: ctx, dsn: dsn, tenants: map[string]uuid.UUID{}, seen: &seen{}}
+	b := &bundle{ctx: ctx, dsn: dsn, tenants: map[string]uuid.UUID{}, seen: &seen{}, published: map[string]string{}}
+	b.web = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		token, ok := b.published[r.Host]
+		b.mu.Unlock()
+		if !ok || r.URL.Path != domainproof.ChallengePath+token {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, token)
+	}))
+	t.Cleanup(b.web.Close)
 	b.start(t, "127.0.0.1:0")
 	b.admin = api.NewClient(b.control, adminToken)
 	for _, r := range []string{"r1", "r2"} {
@@ -148,7 +166,11 @@ func setup(t *testing.T) *bundle {
 func (b *bundle) start(t *testing.T, addr string) {
 	t.Helper()
 	srv, err := server.Start(b.ctx, server.Config{DatabaseURL: b.dsn, Roles: []server.Role{server.RoleControl, server.RoleWorker},
-		Listen: addr, AdminToken: adminToken, Logger: quiet()})
+		Listen: addr, AdminToken: adminToken, Logger: quiet(),
+		// Every domain resolves to the tenants' web server.
+		Domains: &domainproof.Prover{Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, b.web.Listener.Addr().String())
+		}}})
 	must(t, err)
 	b.srv, b.control = srv, "http://"+srv.Addr()
 	var once sync.Once
@@ -434,5 +456,72 @@ func TestEdgeSurvivesTheControlPlane(t *testing.T) {
 	testkit.Eventually(t, 30*time.Second, "the suspension made during the outage", func() (bool, error) {
 		code, body, _ := get(b.ctx, e, "globex.plinth.localhost", "/app", nil)
 		return code == 403, fmt.Errorf("%d %s", code, body)
+	})
+}
+
+// A custom domain serves its tenant only once the tenant proved control of
+// it, and never a tenant that did not prove it first.
+func TestEdgeCustomDomains(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	e := b.edge(t, "r1")
+	acme := b.tenants["acme"].String()
+	status := func(err error) int {
+		var p *api.Problem
+		if errors.As(err, &p) {
+			return p.Status
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 200
+	}
+	for _, bad := range []string{"", "localhost", "exa mple.com", "xn--.com", "\u0430cme.example", strings.Repeat("a", 70) + ".com", "10.0.0.1"} {
+		if _, err := b.admin.AddDomain(b.ctx, "acme", bad); status(err) != 422 {
+			t.Errorf("claim %q: %v", bad, err)
+		}
+	}
+	d, err := b.admin.AddDomain(b.ctx, "acme", "WWW.Acme.Example.")
+	must(t, err)
+	if d.Domain != "www.acme.example" || d.VerifiedAt != nil || !strings.HasPrefix(d.Token, "plinth-verify=") {
+		t.Fatalf("claim: %+v", d)
+	}
+	if code, body, _ := get(b.ctx, e, "www.acme.example", "/app", nil); code != 404 {
+		t.Fatalf("an unproven domain is served: %d %s", code, body)
+	}
+	// globex claims the same domain and publishes its own token first…
+	g, err := b.admin.AddDomain(b.ctx, "globex", "www.acme.example")
+	must(t, err)
+	if _, err := b.admin.VerifyDomain(b.ctx, "acme", "www.acme.example"); status(err) != 422 {
+		t.Fatalf("verify with nothing published: %v", err)
+	}
+	b.mu.Lock()
+	b.published["www.acme.example"] = d.Token
+	b.mu.Unlock()
+	// …but the domain serves acme's token, so only acme proves it.
+	if _, err := b.admin.VerifyDomain(b.ctx, "globex", "www.acme.example"); status(err) != 422 {
+		t.Fatalf("globex proved a domain that serves acme's token: %v", err)
+	}
+	if v, err := b.admin.VerifyDomain(b.ctx, "acme", "www.acme.example"); err != nil || v.VerifiedAt == nil {
+		t.Fatalf("acme's proof: %+v %v", v, err)
+	}
+	testkit.Eventually(t, 30*time.Second, "the edge to serve acme on its domain", func() (bool, error) {
+		code, body, _ := get(b.ctx, e, "www.acme.example:80", "/app", nil)
+		return code == 200 && strings.Contains(body, "tenant="+acme), fmt.Errorf("%d %s", code, body)
+	})
+	// Now globex's token goes up: the domain is taken.
+	b.mu.Lock()
+	b.published["www.acme.example"] = g.Token
+	b.mu.Unlock()
+	if _, err := b.admin.VerifyDomain(b.ctx, "globex", "www.acme.example"); status(err) != 409 {
+		t.Fatalf("globex took acme's proven domain: %v", err)
+	}
+	if _, err := b.admin.AddDomain(b.ctx, "oslo", "www.acme.example"); status(err) != 409 {
+		t.Fatalf("claiming a proven domain: %v", err)
+	}
+	must(t, b.admin.RemoveDomain(b.ctx, "acme", "www.acme.example"))
+	testkit.Eventually(t, 30*time.Second, "the edge to stop serving the removed domain", func() (bool, error) {
+		code, body, _ := get(b.ctx, e, "www.acme.example", "/app", nil)
+		return code == 404, fmt.Errorf("%d %s", code, body)
 	})
 }

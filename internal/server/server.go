@@ -21,6 +21,7 @@ import (
 
 	"github.com/plinth-platform/plinth/internal/api"
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/domainproof"
 	"github.com/plinth-platform/plinth/internal/fleet"
 	"github.com/plinth-platform/plinth/internal/provision"
 )
@@ -64,6 +65,9 @@ type Config struct {
 	Provision provision.Config
 	// MaxConns caps the control database pool (default 30).
 	MaxConns int32
+	// Domains checks proofs of custom-domain control (default: DNS TXT
+	// through the system resolver, or HTTP to public addresses only).
+	Domains api.DomainProver
 }
 
 // Server is a running process.
@@ -86,6 +90,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Domains == nil {
+		cfg.Domains = &domainproof.Prover{Resolver: net.DefaultResolver}
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -152,7 +159,7 @@ func (s *Server) startAPI(ctx context.Context, store *catalog.Store, svc *provis
 	go notifier.Run(ctx)
 	handler, err := api.New(api.Config{
 		Store: store, Service: svc, AdminToken: s.cfg.AdminToken, Logger: s.cfg.Logger,
-		VerifyShard: fleet.Verify, Notifier: notifier,
+		VerifyShard: fleet.Verify, Notifier: notifier, Domains: s.cfg.Domains,
 	})
 	if err != nil {
 		return err

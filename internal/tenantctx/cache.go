@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,7 @@ type Cache struct {
 	mu        sync.RWMutex
 	ids       map[uuid.UUID]string // tenant -> slug, for every cached context
 	dir       map[string]uuid.UUID // the directory: every live slug and verified domain
+	names     map[uuid.UUID][]string // tenant -> its keys in dir, to forget them
 	dirOK     atomic.Bool          // the directory is complete
 	neg       map[string]time.Time // unknown keys, until
 	version   atomic.Int64
@@ -133,7 +135,7 @@ func NewCache(cfg Config) *Cache {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Cache{cfg: cfg, seed: maphash.MakeSeed(), loads: rate.NewLimiter(rate.Limit(cfg.LoadsPerSecond), int(cfg.LoadsPerSecond)),
-		ids: map[uuid.UUID]string{}, dir: map[string]uuid.UUID{}, neg: map[string]time.Time{}}
+		ids: map[uuid.UUID]string{}, dir: map[string]uuid.UUID{}, names: map[uuid.UUID][]string{}, neg: map[string]time.Time{}}
 	per := max(cfg.Capacity/len(c.shards), 1)
 	for i := range c.shards {
 		c.shards[i] = cacheShard{m: make(map[string]*entry, per), cap: per}
@@ -196,10 +198,19 @@ func (c *Cache) LookupDomain(ctx context.Context, domain string) (*Context, Stat
 	c.mu.RLock()
 	id, ok := c.dir["d:"+domain]
 	c.mu.RUnlock()
+	var tc *Context
+	var st Status
+	var err error
 	if ok {
-		return c.LookupID(ctx, id)
+		tc, st, err = c.LookupID(ctx, id)
+	} else {
+		tc, st, err = c.load(ctx, "domain:"+domain, "d:"+domain, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByDomain(ctx, domain) })
 	}
-	return c.load(ctx, "domain:"+domain, "d:"+domain, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByDomain(ctx, domain) })
+	// The tenant must still hold the domain (it may have just dropped it).
+	if err == nil && !slices.Contains(tc.Domains, domain) {
+		return nil, Status{}, ErrNotFound
+	}
+	return tc, st, err
 }
 
 func (c *Cache) get(slug string) *entry {
@@ -299,6 +310,9 @@ func (c *Cache) put(tc *Context) *Context {
 		e.ctx.Store(tc)
 		e.at.Store(now)
 		s.mu.Unlock()
+		c.mu.Lock()
+		c.ids[tc.TenantID] = tc.Slug
+		c.mu.Unlock()
 		c.index(tc)
 		return tc
 	}
@@ -331,24 +345,40 @@ func (c *Cache) put(tc *Context) *Context {
 	if evicted != nil && c.ids[evicted.TenantID] == evicted.Slug {
 		delete(c.ids, evicted.TenantID)
 	}
+	c.ids[tc.TenantID] = tc.Slug
 	c.mu.Unlock()
 	c.index(tc)
 	return tc
 }
 
-// index records a context in the ID index and the directory, and forgets
-// that its keys were unknown.
+// index records a context in the ID index and the directory (forgetting
+// domains the tenant no longer holds), and forgets that its keys were
+// unknown.
 func (c *Cache) index(tc *Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ids[tc.TenantID] = tc.Slug
+	c.forget(tc.TenantID)
+	names := make([]string, 0, 1+len(tc.Domains))
 	c.dir[tc.Slug] = tc.TenantID
+	names = append(names, tc.Slug)
 	delete(c.neg, "slug:"+tc.Slug)
 	delete(c.neg, "id:"+tc.TenantID.String())
 	for _, d := range tc.Domains {
 		c.dir["d:"+d] = tc.TenantID
+		names = append(names, "d:"+d)
 		delete(c.neg, "domain:"+d)
 	}
+	c.names[tc.TenantID] = names
+}
+
+// forget drops a tenant's directory keys; c.mu is held.
+func (c *Cache) forget(id uuid.UUID) {
+	for _, k := range c.names[id] {
+		if c.dir[k] == id {
+			delete(c.dir, k)
+		}
+	}
+	delete(c.names, id)
 }
 
 // remove forgets a tenant that is gone.
@@ -356,11 +386,7 @@ func (c *Cache) remove(id uuid.UUID) {
 	c.mu.Lock()
 	slug, ok := c.ids[id]
 	delete(c.ids, id)
-	for k, v := range c.dir {
-		if v == id {
-			delete(c.dir, k)
-		}
-	}
+	c.forget(id)
 	c.mu.Unlock()
 	if !ok {
 		return
@@ -378,7 +404,6 @@ func (c *Cache) remove(id uuid.UUID) {
 func (c *Cache) Warm(ctx context.Context) error {
 	var cursor uuid.UUID
 	var version int64 = -1
-	dir := map[string]uuid.UUID{}
 	loaded := 0
 	for {
 		p, err := c.cfg.Fetcher.Snapshot(ctx, cursor, 500)
@@ -390,13 +415,11 @@ func (c *Cache) Warm(ctx context.Context) error {
 		}
 		for i := range p.Items {
 			tc := p.Items[i]
-			dir[tc.Slug] = tc.TenantID
-			for _, d := range tc.Domains {
-				dir["d:"+d] = tc.TenantID
-			}
 			if loaded < c.cfg.Capacity {
 				c.put(&tc)
 				loaded++
+			} else {
+				c.index(&tc) // the directory knows every tenant
 			}
 		}
 		if p.NextCursor == "" {
@@ -406,11 +429,6 @@ func (c *Cache) Warm(ctx context.Context) error {
 			return err
 		}
 	}
-	c.mu.Lock()
-	for k, v := range dir {
-		c.dir[k] = v
-	}
-	c.mu.Unlock()
 	c.dirOK.Store(true)
 	if version > c.version.Load() {
 		c.version.Store(version)
@@ -476,6 +494,7 @@ func (c *Cache) apply(ctx context.Context, ev Event) error {
 		c.mu.Lock()
 		clear(c.ids)
 		clear(c.dir)
+		clear(c.names)
 		c.mu.Unlock()
 		c.version.Store(ev.Version)
 		if err := c.Warm(ctx); err != nil {
