@@ -131,7 +131,7 @@ func Run(ctx context.Context, cfg Config) error {
 		DatabaseURL: dbURL, Roles: []server.Role{server.RoleControl, server.RoleWorker},
 		Listen: cfg.Listen, AdminToken: token, Logger: logger,
 		// A local fleet's domains resolve to this machine.
-		Domains: &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
+		Domains:   &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
 		Provision: provision.Config{JobTimeout: time.Minute, RescueAfter: 70 * time.Second},
 	})
 	if err != nil {

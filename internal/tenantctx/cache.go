@@ -90,11 +90,11 @@ type Cache struct {
 	loads  *rate.Limiter
 
 	mu        sync.RWMutex
-	ids       map[uuid.UUID]string // tenant -> slug, for every cached context
-	dir       map[string]uuid.UUID // the directory: every live slug and verified domain
+	ids       map[uuid.UUID]string   // tenant -> slug, for every cached context
+	dir       map[string]uuid.UUID   // the directory: every live slug and verified domain
 	names     map[uuid.UUID][]string // tenant -> its keys in dir, to forget them
-	dirOK     atomic.Bool          // the directory is complete
-	neg       map[string]time.Time // unknown keys, until
+	dirOK     atomic.Bool            // the directory is complete
+	neg       map[string]time.Time   // unknown keys, until
 	version   atomic.Int64
 	lastSync  atomic.Int64 // unix nanos of the last event or heartbeat
 	connected atomic.Bool
