@@ -14,9 +14,11 @@ import (
 func serviceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "service", Short: "Register services and say who may call them"}
 	var req api.ServiceRequest
-	var allow string
+	var allow, routes string
 	flags := func(c *cobra.Command) {
 		c.Flags().StringVar(&allow, "allow", "", "comma-separated services that may call this one")
+		c.Flags().StringVar(&routes, "routes", "", "comma-separated path prefixes the edge sends to this service (/notes,/api/notes)")
+		c.Flags().StringVar(&req.Product, "product", "", "the product whose tenant databases the service serves")
 		c.Flags().BoolVar(&req.ReplayProtection, "replay-protection", false, "accept each token once (callers then mint one per request)")
 		c.Flags().IntVar(&req.CallerRateLimit, "caller-limit", 0, "requests per second per caller (0: none)")
 		c.Flags().IntVar(&req.TenantRateLimit, "tenant-limit", 0, "requests per second per tenant (0: none)")
@@ -24,7 +26,7 @@ func serviceCmd(g *globals) *cobra.Command {
 	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Register a service; prints the registration credential its sidecars need (shown once)",
-		Example: `  plinth service create notes --allow edge,tracker --caller-limit 200
+		Example: `  plinth service create notes --allow edge,tracker --caller-limit 200 --routes /notes --product notes
   PLINTH_SERVICE_CREDENTIAL=<credential> plinth serve --role sidecar --service notes --upstream http://127.0.0.1:8081`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -32,7 +34,7 @@ func serviceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req.Name, req.AllowedCallers = args[0], splitList(allow)
+			req.Name, req.AllowedCallers, req.Routes = args[0], splitList(allow), splitList(routes)
 			out, err := c.CreateService(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -46,7 +48,7 @@ func serviceCmd(g *globals) *cobra.Command {
 	flags(create)
 	update := &cobra.Command{
 		Use:   "update NAME",
-		Short: "Change a service's allowed callers, replay protection or rate limits (only the flags given)",
+		Short: "Change a service's allowed callers, routes, product, replay protection or rate limits (only the flags given)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -59,7 +61,13 @@ func serviceCmd(g *globals) *cobra.Command {
 			}
 			f := cmd.Flags()
 			next := api.ServiceRequest{AllowedCallers: cur.AllowedCallers, ReplayProtection: cur.ReplayProtection,
-				CallerRateLimit: cur.CallerRateLimit, TenantRateLimit: cur.TenantRateLimit}
+				CallerRateLimit: cur.CallerRateLimit, TenantRateLimit: cur.TenantRateLimit, Routes: cur.Routes, Product: cur.Product}
+			if f.Changed("routes") {
+				next.Routes = splitList(routes)
+			}
+			if f.Changed("product") {
+				next.Product = req.Product
+			}
 			if f.Changed("allow") {
 				next.AllowedCallers = splitList(allow)
 			}
@@ -128,7 +136,7 @@ func serviceCmd(g *globals) *cobra.Command {
 }
 
 func printServices(w io.Writer, svcs []catalog.Service) {
-	row(w, "NAME", "ALLOWED CALLERS", "REPLAY PROTECTION", "CALLER LIMIT", "TENANT LIMIT", "KEY GENERATION")
+	row(w, "NAME", "ALLOWED CALLERS", "ROUTES", "PRODUCT", "REPLAY PROTECTION", "CALLER LIMIT", "TENANT LIMIT", "KEY GENERATION")
 	limit := func(n int) string {
 		if n == 0 {
 			return "-"
@@ -136,7 +144,8 @@ func printServices(w io.Writer, svcs []catalog.Service) {
 		return fmt.Sprintf("%d/s", n)
 	}
 	for _, s := range svcs {
-		row(w, s.Name, dash(strings.Join(s.AllowedCallers, ",")), s.ReplayProtection, limit(s.CallerRateLimit),
+		row(w, s.Name, dash(strings.Join(s.AllowedCallers, ",")), dash(strings.Join(s.Routes, ",")), dash(s.Product),
+			s.ReplayProtection, limit(s.CallerRateLimit),
 			limit(s.TenantRateLimit), s.KeyGeneration)
 	}
 }
