@@ -366,7 +366,7 @@ func (e *Edge) handle(req *proxy.Request) proxy.Route {
 		return e.reply(req, start, nil, 503, "tenant_context_unavailable", "the tenant cannot be looked up right now", retryAfter)
 	}
 	if tc.State == catalog.StateMoving || tc.State == catalog.StateRestoring {
-		if tc, st = e.hold(target, tc, st); tc == nil {
+		if tc, st = e.hold(target, st); tc == nil {
 			return e.reply(req, start, nil, 503, "tenant_unavailable", "the tenant is being moved or restored; retry shortly", retryAfter)
 		}
 	}
@@ -445,7 +445,7 @@ func (e *Edge) handle(req *proxy.Request) proxy.Route {
 
 // hold waits, bounded in time and in how many wait at once, for a moving
 // or restoring tenant to settle; nil when it does not.
-func (e *Edge) hold(t Target, tc *tenantctx.Context, st tenantctx.Status) (*tenantctx.Context, tenantctx.Status) {
+func (e *Edge) hold(t Target, st tenantctx.Status) (*tenantctx.Context, tenantctx.Status) {
 	if e.held.Add(1) > int64(e.cfg.MaxHeld) {
 		e.held.Add(-1)
 		return nil, st
@@ -459,6 +459,7 @@ func (e *Edge) hold(t Target, tc *tenantctx.Context, st tenantctx.Status) (*tena
 			return nil, st
 		case <-time.After(20 * time.Millisecond):
 		}
+		var tc *tenantctx.Context
 		var err error
 		if t.Slug != "" {
 			tc, st, err = e.cache.Lookup(e.ctx, t.Slug)
