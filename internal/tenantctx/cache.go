@@ -174,7 +174,8 @@ func (c *Cache) Lookup(ctx context.Context, slug string) (*Context, Status, erro
 			return e.ctx.Load(), st, nil
 		}
 	}
-	return c.load(ctx, "slug:"+slug, slug, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.BySlug(ctx, slug) })
+	return c.load(ctx, "slug:"+slug, slug, func() *Context { return c.held(slug) },
+		func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.BySlug(ctx, slug) })
 }
 
 // LookupID returns the context of tenant id.
@@ -190,7 +191,8 @@ func (c *Cache) LookupID(ctx context.Context, id uuid.UUID) (*Context, Status, e
 		}
 	}
 	key := id.String()
-	return c.load(ctx, "id:"+key, "", func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByID(ctx, id) })
+	return c.load(ctx, "id:"+key, "", func() *Context { return c.heldID(id) },
+		func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByID(ctx, id) })
 }
 
 // LookupDomain returns the context of the tenant that proved control of domain.
@@ -204,7 +206,15 @@ func (c *Cache) LookupDomain(ctx context.Context, domain string) (*Context, Stat
 	if ok {
 		tc, st, err = c.LookupID(ctx, id)
 	} else {
-		tc, st, err = c.load(ctx, "domain:"+domain, "d:"+domain, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByDomain(ctx, domain) })
+		tc, st, err = c.load(ctx, "domain:"+domain, "d:"+domain, func() *Context {
+			c.mu.RLock()
+			id, ok := c.dir["d:"+domain]
+			c.mu.RUnlock()
+			if !ok {
+				return nil
+			}
+			return c.heldID(id)
+		}, func(ctx context.Context) (Context, error) { return c.cfg.Fetcher.ByDomain(ctx, domain) })
 	}
 	// The tenant must still hold the domain (it may have just dropped it).
 	if err == nil && !slices.Contains(tc.Domains, domain) {
@@ -228,16 +238,25 @@ func (c *Cache) get(slug string) *entry {
 // feed is live; for StaleFor after the cache last heard from the control
 // plane when it is not (marked stale).
 func (c *Cache) usable(e *entry) (Status, bool) {
+	st, ok := c.status(e)
+	if ok {
+		c.Stats.Hits.Add(1)
+		if st.Stale {
+			c.Stats.Stale.Add(1)
+		}
+	}
+	return st, ok
+}
+
+// status is usable without counting.
+func (c *Cache) status(e *entry) (Status, bool) {
 	now := c.cfg.Now().UnixNano()
 	if c.Connected() {
-		c.Stats.Hits.Add(1)
 		return Status{}, true
 	}
 	heard := max(c.lastSync.Load(), e.at.Load())
 	if age := time.Duration(now - heard); age < c.cfg.StaleFor {
-		c.Stats.Hits.Add(1)
 		if c.lastSync.Load() != 0 {
-			c.Stats.Stale.Add(1)
 			return Status{Stale: true, Age: age}, true
 		}
 		return Status{}, true // no feed is run: entries live for StaleFor
@@ -245,10 +264,41 @@ func (c *Cache) usable(e *entry) (Status, bool) {
 	return Status{}, false
 }
 
+// held returns the context cached for slug when it may be served.
+func (c *Cache) held(slug string) *Context {
+	s := c.shard(slug)
+	s.mu.RLock()
+	e := s.m[slug]
+	s.mu.RUnlock()
+	if e == nil {
+		return nil
+	}
+	if _, ok := c.status(e); !ok {
+		return nil
+	}
+	return e.ctx.Load()
+}
+
+// heldID returns the context cached for tenant id when it may be served.
+func (c *Cache) heldID(id uuid.UUID) *Context {
+	c.mu.RLock()
+	slug, ok := c.ids[id]
+	c.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	return c.held(slug)
+}
+
+// errLimited: a load of an unknown key was refused by the limiter.
+var errLimited = errors.New("too many tenant-context loads")
+
 // load fetches a context the cache does not hold: one fetch per key at a
 // time, unknown keys answered from the directory or remembered for a
-// while, and catalog loads bounded.
-func (c *Cache) load(ctx context.Context, key, dirKey string, fetch func(context.Context) (Context, error)) (*Context, Status, error) {
+// while, and loads of keys the directory does not know bounded. held
+// returns what the cache holds for the key by now (a load that just ended
+// may have filled it).
+func (c *Cache) load(ctx context.Context, key, dirKey string, held func() *Context, fetch func(context.Context) (Context, error)) (*Context, Status, error) {
 	c.Stats.Misses.Add(1)
 	now := c.cfg.Now()
 	if dirKey != "" && c.dirOK.Load() && c.Connected() {
@@ -260,17 +310,35 @@ func (c *Cache) load(ctx context.Context, key, dirKey string, fetch func(context
 			return nil, Status{}, ErrNotFound
 		}
 	}
-	c.mu.RLock()
-	until, negative := c.neg[key]
-	c.mu.RUnlock()
-	if negative && now.Before(until) {
+	remembered := func() bool {
+		c.mu.RLock()
+		until, negative := c.neg[key]
+		c.mu.RUnlock()
+		return negative && now.Before(until)
+	}
+	if remembered() {
 		c.Stats.NegativeHits.Add(1)
 		return nil, Status{}, ErrNotFound
 	}
-	if !c.loads.Allow() {
-		return nil, Status{}, ErrUnavailable
+	known := false
+	if dirKey != "" {
+		c.mu.RLock()
+		_, known = c.dir[dirKey]
+		c.mu.RUnlock()
 	}
+	// The limiter and the checks run inside the flight: callers that join
+	// one neither spend a load nor are refused, and a caller that arrives
+	// just after a flight ended finds its answer instead of fetching again.
 	v, err, _ := c.group.Do(key, func() (any, error) {
+		if tc := held(); tc != nil {
+			return tc, nil
+		}
+		if remembered() {
+			return nil, ErrNotFound
+		}
+		if !known && !c.loads.Allow() {
+			return nil, errLimited
+		}
 		c.Stats.Loads.Add(1)
 		// The load outlives the first caller: others may be waiting on it.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -292,6 +360,8 @@ func (c *Cache) load(ctx context.Context, key, dirKey string, fetch func(context
 		c.neg[key] = now.Add(c.cfg.NegativeTTL)
 		c.mu.Unlock()
 		return nil, Status{}, ErrNotFound
+	case errors.Is(err, errLimited):
+		return nil, Status{}, ErrUnavailable
 	}
 	c.cfg.Logger.Warn("tenant context unavailable", "key", key, "error", err)
 	return nil, Status{}, ErrUnavailable

@@ -116,12 +116,16 @@ func (c *Client) Follow(ctx context.Context, after int64, fn func(Event) error) 
 	})
 }
 
+// maxEvent bounds the data of one event (and a line).
+const maxEvent = 1 << 20
+
 // ReadEvents reads a stream of server-sent events whose data are Events.
-// Lines are at most 1 MiB; comments and unknown fields are ignored; an
-// event whose data is not an Event ends the stream with an error.
+// Lines and events are at most 1 MiB; comments and unknown fields are
+// ignored; an event whose data is not an Event ends the stream with an
+// error.
 func ReadEvents(r io.Reader, fn func(Event) error) error {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 64<<10), maxEvent)
 	var data strings.Builder
 	for sc.Scan() {
 		line := sc.Text()
@@ -145,7 +149,11 @@ func ReadEvents(r io.Reader, fn func(Event) error) error {
 			if data.Len() > 0 {
 				data.WriteByte('\n')
 			}
-			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+			part := strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")
+			if data.Len()+len(part) > maxEvent {
+				return errors.New("a feed event is larger than 1 MiB")
+			}
+			data.WriteString(part)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -160,6 +168,9 @@ func WriteEvent(w io.Writer, ev Event) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Version, ev.Type, data)
+	// The type is repeated for generic SSE readers; a line break in it
+	// must not add lines to the stream (the data, JSON, has none).
+	typ := strings.NewReplacer("\r", "", "\n", "").Replace(ev.Type)
+	_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Version, typ, data)
 	return err
 }
