@@ -119,6 +119,9 @@ func (s *Server) contextChanges(w http.ResponseWriter, r *http.Request) error {
 		return catalog.Invalid("invalid_after", "after must be a change-log version (a non-negative number)")
 	}
 	rc := http.NewResponseController(w)
+	// The stream outlives the server's read timeout: without this the
+	// server would end it (the reader reconnects, but needlessly).
+	_ = rc.SetReadDeadline(time.Time{})
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
