@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -70,7 +71,14 @@ func (h *Header) Values(name string) []string {
 
 // Del removes every field named name.
 func (h *Header) Del(name string) {
-	h.filter(func(f field) bool { return !strings.EqualFold(f.name, name) })
+	out := h.fields[:0]
+	for _, f := range h.fields {
+		if len(f.name) != len(name) || !strings.EqualFold(f.name, name) {
+			out = append(out, f)
+		}
+	}
+	clear(h.fields[len(out):])
+	h.fields = out
 }
 
 // DelPrefix removes every field whose name starts with prefix (any case).
@@ -357,12 +365,13 @@ func framing(h *Header, length *int64, chunked *bool) error {
 	return nil
 }
 
-// stripHop removes hop-by-hop fields, including those Connection names.
+// stripHop removes hop-by-hop fields, including those Connection names,
+// in one pass over the fields.
 func stripHop(h *Header) {
 	var named [16]string // fields Connection names (more are refused below)
 	n := 0
 	for _, f := range h.fields {
-		if !strings.EqualFold(f.name, "Connection") {
+		if len(f.name) != len("Connection") || !strings.EqualFold(f.name, "Connection") {
 			continue
 		}
 		for list := f.value; list != ""; {
@@ -374,12 +383,25 @@ func stripHop(h *Header) {
 			}
 		}
 	}
-	for _, name := range named[:n] {
-		h.Del(name)
+	out := h.fields[:0]
+	for _, f := range h.fields {
+		if !isHop(f.name) && !slices.ContainsFunc(named[:n], func(m string) bool { return strings.EqualFold(m, f.name) }) {
+			out = append(out, f)
+		}
 	}
-	for _, name := range hopHeaders {
-		h.Del(name)
+	clear(h.fields[len(out):])
+	h.fields = out
+}
+
+// isHop reports whether name is one of hopHeaders, comparing lengths
+// before case-folding.
+func isHop(name string) bool {
+	for _, hop := range hopHeaders {
+		if len(hop) == len(name) && strings.EqualFold(hop, name) {
+			return true
+		}
 	}
+	return false
 }
 
 // Response is the head of an upstream's response.
