@@ -98,24 +98,49 @@ type Cache struct {
 	version   atomic.Int64
 	lastSync  atomic.Int64 // unix nanos of the last event or heartbeat
 	connected atomic.Bool
+	count     atomic.Int64 // contexts in all shards: at most Capacity (+1 per shard)
 
 	Stats Stats
 }
 
 // Stats counts what the cache did.
 type Stats struct {
-	Hits, Misses, NegativeHits, Loads, Stale, Events, Reloads atomic.Int64
+	Hits                                                Counter
+	Misses, NegativeHits, Loads, Stale, Events, Reloads atomic.Int64
 }
 
+// Counter is a counter striped over cache lines: hits on different cores
+// would otherwise all write one, and that write costs more than the rest
+// of a lookup.
+type Counter struct {
+	cells [16]struct {
+		n atomic.Int64
+		_ [56]byte
+	}
+}
+
+// Load returns the count.
+func (c *Counter) Load() int64 {
+	var n int64
+	for i := range c.cells {
+		n += c.cells[i].n.Load()
+	}
+	return n
+}
+
+func (c *Counter) add(stripe uint64) { c.cells[stripe%uint64(len(c.cells))].n.Add(1) }
+
 type cacheShard struct {
+	_    [64]byte // a shard's lock does not share a cache line with another's
 	mu   sync.RWMutex
 	m    map[string]*entry
-	ring []string // CLOCK: slugs in slots, the hand sweeps
+	ring []string // CLOCK: slugs in slots ("" is a free slot), the hand sweeps
+	free []int    // free slots in ring
 	hand int
-	cap  int
 }
 
 type entry struct {
+	slot    int // in its shard's ring; guarded by the shard's mu
 	ctx     atomic.Pointer[Context]
 	visited atomic.Bool
 	at      atomic.Int64 // unix nanos it was loaded or confirmed
@@ -138,13 +163,20 @@ func NewCache(cfg Config) *Cache {
 		ids: map[uuid.UUID]string{}, dir: map[string]uuid.UUID{}, names: map[uuid.UUID][]string{}, neg: map[string]time.Time{}}
 	per := max(cfg.Capacity/len(c.shards), 1)
 	for i := range c.shards {
-		c.shards[i] = cacheShard{m: make(map[string]*entry, per), cap: per}
+		c.shards[i] = cacheShard{m: make(map[string]*entry, per)}
 	}
 	return c
 }
 
 func (c *Cache) shard(slug string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, slug)&63]
+	s, _ := c.shardOf(slug)
+	return s
+}
+
+// shardOf returns slug's shard and hash.
+func (c *Cache) shardOf(slug string) (*cacheShard, uint64) {
+	h := maphash.String(c.seed, slug)
+	return &c.shards[h&63], h
 }
 
 // Version is the change-log version the cache is current at.
@@ -169,8 +201,8 @@ func (c *Cache) Len() int {
 
 // Lookup returns the context of the tenant with slug.
 func (c *Cache) Lookup(ctx context.Context, slug string) (*Context, Status, error) {
-	if e := c.get(slug); e != nil {
-		if st, ok := c.usable(e); ok {
+	if e, h := c.get(slug); e != nil {
+		if st, ok := c.usable(e, h); ok {
 			return e.ctx.Load(), st, nil
 		}
 	}
@@ -184,8 +216,8 @@ func (c *Cache) LookupID(ctx context.Context, id uuid.UUID) (*Context, Status, e
 	slug, ok := c.ids[id]
 	c.mu.RUnlock()
 	if ok {
-		if e := c.get(slug); e != nil {
-			if st, ok := c.usable(e); ok {
+		if e, h := c.get(slug); e != nil {
+			if st, ok := c.usable(e, h); ok {
 				return e.ctx.Load(), st, nil
 			}
 		}
@@ -223,24 +255,25 @@ func (c *Cache) LookupDomain(ctx context.Context, domain string) (*Context, Stat
 	return tc, st, err
 }
 
-func (c *Cache) get(slug string) *entry {
-	s := c.shard(slug)
+// get returns slug's entry, if held, and slug's hash.
+func (c *Cache) get(slug string) (*entry, uint64) {
+	s, h := c.shardOf(slug)
 	s.mu.RLock()
 	e := s.m[slug]
 	s.mu.RUnlock()
 	if e != nil && !e.visited.Load() {
 		e.visited.Store(true)
 	}
-	return e
+	return e, h
 }
 
 // usable says whether a cached context may be served: always while the
 // feed is live; for StaleFor after the cache last heard from the control
 // plane when it is not (marked stale).
-func (c *Cache) usable(e *entry) (Status, bool) {
+func (c *Cache) usable(e *entry, stripe uint64) (Status, bool) {
 	st, ok := c.status(e)
 	if ok {
-		c.Stats.Hits.Add(1)
+		c.Stats.Hits.add(stripe >> 6)
 		if st.Stale {
 			c.Stats.Stale.Add(1)
 		}
@@ -390,20 +423,34 @@ func (c *Cache) put(tc *Context) *Context {
 	e.ctx.Store(tc)
 	e.at.Store(now)
 	var evicted *Context
-	if len(s.ring) < s.cap {
+	// The capacity is the cache's, not a shard's: a shard grows while the
+	// cache has room (shards fill unevenly), and evicts from its own ring
+	// when it has none.
+	full := c.count.Load() >= int64(c.cfg.Capacity)
+	switch {
+	case len(s.free) > 0 && (!full || len(s.free) == len(s.ring)):
+		e.slot = s.free[len(s.free)-1]
+		s.free = s.free[:len(s.free)-1]
+		s.ring[e.slot] = tc.Slug
+		c.count.Add(1)
+	case !full || len(s.ring) == 0:
+		e.slot = len(s.ring)
 		s.ring = append(s.ring, tc.Slug)
-	} else {
+		c.count.Add(1)
+	default:
 		for { // CLOCK: give visited entries a second chance
-			victim := s.m[s.ring[s.hand]]
-			if victim != nil && victim.visited.Load() {
-				victim.visited.Store(false)
+			slug := s.ring[s.hand]
+			victim := s.m[slug]
+			if victim == nil || victim.visited.Load() { // a free slot, or visited
+				if victim != nil {
+					victim.visited.Store(false)
+				}
 				s.hand = (s.hand + 1) % len(s.ring)
 				continue
 			}
-			if victim != nil {
-				evicted = victim.ctx.Load()
-			}
-			delete(s.m, s.ring[s.hand])
+			evicted = victim.ctx.Load()
+			delete(s.m, slug)
+			e.slot = s.hand
 			s.ring[s.hand] = tc.Slug
 			s.hand = (s.hand + 1) % len(s.ring)
 			break
@@ -464,7 +511,10 @@ func (c *Cache) remove(id uuid.UUID) {
 	s := c.shard(slug)
 	s.mu.Lock()
 	if e, ok := s.m[slug]; ok && e.ctx.Load().TenantID == id {
-		delete(s.m, slug) // its ring slot is reused by the next eviction
+		delete(s.m, slug)
+		s.ring[e.slot] = ""
+		s.free = append(s.free, e.slot)
+		c.count.Add(-1)
 	}
 	s.mu.Unlock()
 }
@@ -557,8 +607,9 @@ func (c *Cache) apply(ctx context.Context, ev Event) error {
 		for i := range c.shards {
 			s := &c.shards[i]
 			s.mu.Lock()
+			c.count.Add(-int64(len(s.m)))
 			clear(s.m)
-			s.ring, s.hand = s.ring[:0], 0
+			s.ring, s.free, s.hand = s.ring[:0], s.free[:0], 0
 			s.mu.Unlock()
 		}
 		c.mu.Lock()

@@ -385,7 +385,7 @@ func TestWarmDirectoryAnswersUnknownKeys(t *testing.T) {
 
 	var held, notHeld string
 	for _, tc := range ts {
-		if c.get(tc.Slug) != nil {
+		if e, _ := c.get(tc.Slug); e != nil {
 			held = tc.Slug
 		} else {
 			notHeld = tc.Slug
@@ -772,4 +772,65 @@ func FuzzReadEvents(f *testing.F) {
 			t.Fatalf("%d events from %d bytes", n, len(data))
 		}
 	})
+}
+
+func TestCapacityHoldsAcrossShards(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		capacity, tenants int
+		removeEvery       int // tenants removed (by a feed event) before the rest are loaded
+	}{
+		{capacity: 1000, tenants: 1000},
+		{capacity: 1000, tenants: 5000},
+		{capacity: 10, tenants: 500},
+		{capacity: 1000, tenants: 3000, removeEvery: 3},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%d in %d, remove every %d", tt.tenants, tt.capacity, tt.removeEvery), func(t *testing.T) {
+			t.Parallel()
+			f := newFake()
+			cs := make([]Context, tt.tenants)
+			for i := range cs {
+				cs[i] = tenant(fmt.Sprintf("t%05d", i))
+				f.set(cs[i])
+			}
+			c := NewCache(Config{Fetcher: f, Capacity: tt.capacity, LoadsPerSecond: 1e6})
+			ctx := context.Background()
+			for i, tc := range cs {
+				if _, _, err := c.Lookup(ctx, tc.Slug); err != nil {
+					t.Fatal(err)
+				}
+				if tt.removeEvery > 0 && i < tt.capacity && i%tt.removeEvery == 0 {
+					if err := c.apply(ctx, Event{Type: "tenant", Version: int64(i + 2), TenantID: &tc.TenantID}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Shards fill unevenly; the cache as a whole holds what fits,
+				// and a shard empty when the cache is full may take one.
+				if n, most := c.Len(), min(i+1, tt.capacity+len(c.shards)); n > most {
+					t.Fatalf("after %d loads the cache holds %d, more than %d", i+1, n, most)
+				}
+			}
+			if want := min(tt.tenants, tt.capacity); c.Len() < want {
+				t.Fatalf("the cache holds %d after %d loads, want %d: it evicts before it is full", c.Len(), tt.tenants, want)
+			}
+			// Every held context is the one its key names, and answers a hit.
+			hits := c.Stats.Hits.Load()
+			held := 0
+			for _, tc := range cs {
+				if e, _ := c.get(tc.Slug); e != nil {
+					held++
+					if got := e.ctx.Load(); got.TenantID != tc.TenantID {
+						t.Fatalf("%s holds %s", tc.Slug, got.Slug)
+					}
+					if _, _, err := c.Lookup(ctx, tc.Slug); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if c.Stats.Hits.Load()-hits != int64(held) || held != c.Len() {
+				t.Fatalf("held %d (Len %d), hits %d", held, c.Len(), c.Stats.Hits.Load()-hits)
+			}
+		})
+	}
 }
