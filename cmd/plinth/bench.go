@@ -103,6 +103,86 @@ its resident memory, and what token verification costs.`,
 	}
 	rp.Flags().StringVar(&upstream, "upstream", "", "host:port to proxy to")
 	rp.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address to listen on")
-	cmd.AddCommand(provision, sidecarCmd, rp)
+	cmd.AddCommand(provision, sidecarCmd, benchEdgeCmd(), benchTenantctxCmd(), rp)
+	return cmd
+}
+
+func benchEdgeCmd() *cobra.Command {
+	var pc bench.ProxyConfig
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "edge",
+		Short: "Direct vs the Plinth edge vs httputil.ReverseProxy vs nginx, at a fixed rate and saturated",
+		Long: `Starts a control plane with a worker and a shard, an active tenant "bench",
+an echo service registered as the only instance of a routed service, the
+Plinth edge (its own process: tenant lookup, state check, limits and token
+minting on every request), a plain httputil.ReverseProxy and, when
+installed, nginx with one worker and upstream keep-alive; then drives each
+with the same load generator (Host: bench.plinth.localhost, 1 KB bodies,
+16 connections) at a fixed rate and saturated.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			pc.Exe = exe
+			if !asJSON {
+				pc.Progress = os.Stderr
+			}
+			rep, err := bench.EdgeRouter(cmd.Context(), pc)
+			if err != nil {
+				return err
+			}
+			return bench.PrintEdge(os.Stdout, rep, asJSON)
+		},
+	}
+	cmd.Flags().DurationVar(&pc.Duration, "duration", 10*time.Second, "length of each run")
+	cmd.Flags().Float64Var(&pc.Rate, "rate", 1000, "requests per second of the fixed-rate run")
+	cmd.Flags().IntVar(&pc.Connections, "connections", 16, "concurrent connections")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func benchTenantctxCmd() *cobra.Command {
+	var cfg bench.TenantctxConfig
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "tenantctx",
+		Short: "The tenant-context cache vs a plain map: hit latency, lookups per core, hit ratio, memory, single flight, invalidation",
+		Long: `Measures the in-process tenant-context cache on synthetic tenants, against
+a plain map under a sync.RWMutex holding the same contexts: hit latency
+(each lookup timed on its own, on every core at once), lookups per second
+per core, bytes per entry, and the hit ratio of a cache a tenth the size of
+the tenant set under Zipf-distributed lookups (next to the ideal: the share
+of lookups of the most popular tenants that fit). Then starts a control
+plane of its own and measures, against it, how many loads many concurrent
+lookups of one uncached tenant cause, and how long a catalog change takes
+to reach several caches following the change feed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.Exe = exe
+			if !asJSON {
+				cfg.Progress = os.Stderr
+			}
+			rep, err := bench.Tenantctx(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return bench.PrintTenantctx(os.Stdout, rep, asJSON)
+		},
+	}
+	cmd.Flags().IntVar(&cfg.Tenants, "tenants", 100_000, "synthetic tenants (the hit-ratio cache holds a tenth)")
+	cmd.Flags().Float64SliceVar(&cfg.Exponents, "zipf", []float64{1.1, 1.3, 1.5, 1.7, 2.0}, "Zipf exponents of the hit-ratio runs (each above 1)")
+	cmd.Flags().IntVar(&cfg.Lookups, "lookups", 2_000_000, "measured lookups per hit-ratio run")
+	cmd.Flags().DurationVar(&cfg.Duration, "duration", 3*time.Second, "length of each throughput run")
+	cmd.Flags().IntVar(&cfg.Caches, "caches", 8, "caches following the change feed in the invalidation run")
+	cmd.Flags().IntVar(&cfg.Changes, "changes", 100, "catalog changes in the invalidation run")
+	cmd.Flags().IntVar(&cfg.Concurrent, "concurrent", 10_000, "concurrent lookups of one uncached tenant")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }

@@ -203,53 +203,12 @@ func Sidecar(ctx context.Context, cfg ProxyConfig) (*SidecarReport, error) {
 		return nil, err
 	}
 
-	body := make([]byte, cfg.BodyBytes)
-	headers := map[string]string{"Authorization": "Bearer " + tok}
-	loads := make([]Load, len(targets))
-	for i, tgt := range targets {
-		loads[i] = Load{Addr: tgt.addr, Host: "echo", Path: "/echo", Body: body, Headers: headers, Connections: cfg.Connections}
-		warm := loads[i]
-		warm.Duration = time.Second
-		if _, err := warm.Run(ctx); err != nil {
-			return nil, err
-		}
-	}
-	fixed := make([]Load, len(loads))
-	for i := range loads {
-		fixed[i] = loads[i]
-		fixed[i].Rate = cfg.Rate
-	}
-	say("at %.0f req/s, each target in turn, %s in all each…", cfg.Rate, cfg.Duration)
-	cpu0 := make([]float64, len(targets))
-	for i, t := range targets {
-		cpu0[i] = cpuSeconds(t.pid)
-	}
-	frs, err := Interleave(ctx, fixed, cfg.Duration, 2*time.Second)
+	rows, err := measureProxies(ctx, cfg, targets, "echo", map[string]string{"Authorization": "Bearer " + tok}, say)
 	if err != nil {
 		return nil, err
 	}
-	cpuUsed := make([]float64, len(targets))
-	for i, t := range targets {
-		cpuUsed[i] = cpuSeconds(t.pid) - cpu0[i]
-	}
-	say("saturating, each target in turn, %s in all each…", cfg.Duration)
-	srs, err := Interleave(ctx, loads, cfg.Duration, 2*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	rows := map[string]*ProxyRow{}
-	for i, tgt := range targets {
-		row := ProxyRow{Name: tgt.name, Fixed: &frs[i], Saturated: &srs[i]}
-		// Each process was measured over all the fixed-rate rounds but only
-		// worked during its own.
-		if tgt.pid != 0 && frs[i].Throughput > 0 {
-			row.CoresPer1000 = cpuUsed[i] / frs[i].Seconds / (frs[i].Throughput / 1000)
-		}
-		if n := frs[i].Errors + srs[i].Errors + frs[i].Non2xx + srs[i].Non2xx; n > 0 {
-			row.Note = fmt.Sprintf("%d errors or non-2xx: %s", n, frs[i].FirstError+srs[i].FirstError)
-		}
-		rep.Rows = append(rep.Rows, row)
-		rows[tgt.addr] = &rep.Rows[len(rep.Rows)-1]
+	for _, tgt := range targets {
+		rep.Rows = append(rep.Rows, *rows[tgt.addr])
 	}
 	rep.CoresPer1000 = rows[sc.addr].CoresPer1000
 	rep.RSSMB, _ = peakRSSMB(sc.pid())
