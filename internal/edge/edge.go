@@ -25,8 +25,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
-	"regexp"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -256,6 +257,10 @@ func (e *Edge) startAdmin() error {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	if os.Getenv("PLINTH_PPROF") == "1" { // opt-in profiling, on the admin listener (loopback by default)
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	}
 	e.adminL, e.adminSrv = l, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = e.adminSrv.Serve(l) }()
 	return nil
@@ -492,12 +497,25 @@ func (e *Edge) forwardRegion(req *proxy.Request, start time.Time, tc *tenantctx.
 		Done: func(status int) { e.finish(req, start, tc, "region:"+tc.Region, status) }}
 }
 
-var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._\-]{1,128}$`)
+// validRequestID accepts 1–128 of [A-Za-z0-9._-] (checked by hand: this
+// runs on every request).
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // setRequestIDs keeps a well-formed X-Request-Id and traceparent from the
 // client, and makes new ones otherwise.
 func setRequestIDs(req *proxy.Request) {
-	if id := req.Header.Get(headerRequestID); !requestIDPattern.MatchString(id) {
+	if id := req.Header.Get(headerRequestID); !validRequestID(id) {
 		req.Header.Set(headerRequestID, randomHex(12))
 	}
 	if !validTraceparent(req.Header.Get(headerTrace)) {
@@ -524,11 +542,11 @@ func validTraceparent(s string) bool {
 
 // randomHex is n random bytes as hex: trace and request IDs, not secrets.
 func randomHex(n int) string {
-	b := make([]byte, n)
+	b := make([]byte, 0, n)
 	for i := 0; i < n; i += 8 {
 		v := rand.Uint64()
 		for j := 0; j < 8 && i+j < n; j++ {
-			b[i+j] = byte(v >> (8 * j))
+			b = append(b, byte(v>>(8*j)))
 		}
 	}
 	return hex.EncodeToString(b)

@@ -52,13 +52,13 @@ func ParseHost(host, base string) (Target, error) {
 		return Target{}, ErrBadHost
 	}
 	var lower [253]byte
-	allDigits := true
+	allDigits, upper := true, false
 	for i := 0; i < len(host); i++ {
 		c := host[i]
 		switch {
 		case c >= 'A' && c <= 'Z':
 			c += 'a' - 'A'
-			allDigits = false
+			allDigits, upper = false, true
 		case c >= 'a' && c <= 'z', c == '-':
 			allDigits = false
 		case c >= '0' && c <= '9', c == '.':
@@ -70,7 +70,10 @@ func ParseHost(host, base string) (Target, error) {
 	if allDigits { // 127.0.0.1, 10.0.0.1: no tenant has an IP
 		return Target{}, ErrBadHost
 	}
-	h := string(lower[:len(host)])
+	h := host // already lower case: no copy
+	if upper {
+		h = string(lower[:len(host)])
+	}
 	if slug, ok := strings.CutSuffix(h, "."+base); ok && base != "" {
 		if strings.IndexByte(slug, '.') >= 0 || catalog.ValidateSlug(slug) != nil {
 			return Target{}, ErrBadHost

@@ -175,9 +175,15 @@ func (s *Sidecar) target(name string) (*target, error) {
 	}
 	t := v.(*target)
 	select {
-	case <-t.ready:
-	case <-time.After(5 * time.Second):
-	case <-s.ctx.Done():
+	case <-t.ready: // the usual case: no timer
+	default:
+		timer := time.NewTimer(5 * time.Second)
+		select {
+		case <-t.ready:
+		case <-timer.C:
+		case <-s.ctx.Done():
+		}
+		timer.Stop()
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
