@@ -25,10 +25,10 @@ func FuzzValidateSlug(f *testing.F) {
 			if _, ok := catalog.AsError(err); !ok {
 				t.Fatalf("ValidateSlug(%q) returned a non-catalog error %v", s, err)
 			}
-			return
 		}
-		if len(s) < 3 || len(s) > 63 || !dnsLabel.MatchString(s) || strings.HasPrefix(s[2:], "--") || slices.Contains(catalog.ReservedSlugs, s) {
-			t.Fatalf("ValidateSlug accepted %q", s)
+		valid := len(s) >= 3 && len(s) <= 63 && dnsLabel.MatchString(s) && !strings.HasPrefix(s[2:], "--") && !slices.Contains(catalog.ReservedSlugs, s)
+		if (err == nil) != valid {
+			t.Fatalf("ValidateSlug(%q) = %v, but it is valid: %v", s, err, valid)
 		}
 	})
 }

@@ -17,6 +17,7 @@ package edge
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -519,7 +520,7 @@ func setRequestIDs(req *proxy.Request) {
 		req.Header.Set(headerRequestID, randomHex(12))
 	}
 	if !validTraceparent(req.Header.Get(headerTrace)) {
-		req.Header.Set(headerTrace, "00-"+randomHex(16)+"-"+randomHex(8)+"-01")
+		req.Header.Set(headerTrace, newTraceparent())
 	}
 }
 
@@ -538,6 +539,22 @@ func validTraceparent(s string) bool {
 		}
 	}
 	return s[:2] != "ff" && s[3:35] != "00000000000000000000000000000000" && s[36:52] != "0000000000000000"
+}
+
+// newTraceparent is a W3C traceparent with a random trace and span ID,
+// sampled, made in one buffer.
+func newTraceparent() string {
+	var raw [24]byte
+	for i := 0; i < len(raw); i += 8 {
+		binary.LittleEndian.PutUint64(raw[i:], rand.Uint64())
+	}
+	var b [55]byte
+	copy(b[:], "00-")
+	hex.Encode(b[3:35], raw[:16])
+	b[35] = '-'
+	hex.Encode(b[36:52], raw[16:24])
+	copy(b[52:], "-01")
+	return string(b[:])
 }
 
 // randomHex is n random bytes as hex: trace and request IDs, not secrets.

@@ -150,3 +150,17 @@ func FuzzParseHost(f *testing.F) {
 		}
 	})
 }
+
+func TestNewTraceparentIsValid(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		tp := newTraceparent()
+		if !validTraceparent(tp) {
+			t.Fatalf("newTraceparent() = %q, not a valid traceparent", tp)
+		}
+		if seen[tp[3:35]] {
+			t.Fatalf("trace ID %s repeated", tp[3:35])
+		}
+		seen[tp[3:35]] = true
+	}
+}
