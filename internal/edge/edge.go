@@ -401,7 +401,7 @@ func (e *Edge) handle(req *proxy.Request) proxy.Route {
 		return e.reply(req, start, tc, 404, "no_route", "no service serves this path")
 	}
 	if e.cfg.TenantRate > 0 {
-		if d := e.limiter.Allow(e.ctx, tc.TenantID.String(), e.cfg.TenantRate); !d.Allowed {
+		if d := e.limiter.Allow(e.ctx, tc.ID(), e.cfg.TenantRate); !d.Allowed {
 			return e.reply(req, start, tc, 429, "rate_limited", "the tenant is over its rate limit", ratelimit.Headers("tenant", d)...)
 		}
 	}
@@ -421,7 +421,7 @@ func (e *Edge) handle(req *proxy.Request) proxy.Route {
 	setRequestIDs(req)
 	req.Header.Set("X-Forwarded-Host", req.Host)
 	req.Header.Set("X-Forwarded-Proto", "http")
-	fr := e.sc.Forward(req, rt.Service, auth.Tenant{ID: tc.TenantID.String(), Slug: tc.Slug, Region: tc.Region})
+	fr := e.sc.Forward(req, rt.Service, auth.Tenant{ID: tc.ID(), Slug: tc.Slug, Region: tc.Region})
 	if fr.Reply != nil {
 		if inflight != nil {
 			inflight.Add(-1)
@@ -587,7 +587,7 @@ func (e *Edge) finish(req *proxy.Request, start time.Time, tc *tenantctx.Context
 		attrs = append(attrs, slog.String("trace_id", tp[3:35]))
 	}
 	if tc != nil {
-		attrs = append(attrs, slog.String("tenant_id", tc.TenantID.String()), slog.Int("tier", tc.Tier))
+		attrs = append(attrs, slog.String("tenant_id", tc.ID()), slog.Int("tier", tc.Tier))
 	}
 	e.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }

@@ -402,6 +402,7 @@ func (c *Cache) load(ctx context.Context, key, dirKey string, held func() *Conte
 
 // put stores a context (replacing an older one) and returns what is cached.
 func (c *Cache) put(tc *Context) *Context {
+	tc.id = tc.TenantID.String()
 	s := c.shard(tc.Slug)
 	now := c.cfg.Now().UnixNano()
 	s.mu.Lock()
@@ -479,7 +480,7 @@ func (c *Cache) index(tc *Context) {
 	c.dir[tc.Slug] = tc.TenantID
 	names = append(names, tc.Slug)
 	delete(c.neg, "slug:"+tc.Slug)
-	delete(c.neg, "id:"+tc.TenantID.String())
+	delete(c.neg, "id:"+tc.ID())
 	for _, d := range tc.Domains {
 		c.dir["d:"+d] = tc.TenantID
 		names = append(names, "d:"+d)

@@ -42,6 +42,16 @@ type Context struct {
 	Domains []string `json:"domains,omitempty"`
 	// Version is the change-log version this context is current at.
 	Version int64 `json:"version"`
+
+	id string // TenantID as text, set when cached (it is needed per request)
+}
+
+// ID returns the tenant ID as text.
+func (c *Context) ID() string {
+	if c.id != "" {
+		return c.id
+	}
+	return c.TenantID.String()
 }
 
 // Placement returns the tenant's database of product.
