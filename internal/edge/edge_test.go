@@ -459,6 +459,40 @@ func TestEdgeSurvivesTheControlPlane(t *testing.T) {
 	})
 }
 
+// An edge that was away while the change log was pruned past its version
+// cannot replay what it missed: the feed tells it to reload, and it does.
+func TestEdgeReloadsAfterThePrunedChangesItMissed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	e := b.edge(t, "r1")
+	addr := b.srv.Addr()
+	if code, _, _ := get(b.ctx, e, "globex.plinth.localhost", "/app", nil); code != 200 {
+		t.Fatalf("globex: %d", code)
+	}
+	before := e.Cache().Version()
+	b.stop()
+	store := catalog.New(testkit.Pool(t, b.dsn))
+	_, err := store.Transition(b.ctx, catalog.TransitionParams{TenantID: b.tenants["globex"], Action: "suspend",
+		From: []catalog.TenantState{catalog.StateActive}, To: catalog.StateSuspended, Actor: "test", Reason: "while the edge was away"})
+	must(t, err)
+	n, err := store.PruneChanges(b.ctx, 0)
+	must(t, err)
+	if pruned, err := store.PrunedThrough(b.ctx); err != nil || pruned <= before || n == 0 {
+		t.Fatalf("pruned %d rows through %d (edge at %d): %v", n, pruned, before, err)
+	}
+	b.start(t, addr)
+	testkit.Eventually(t, 30*time.Second, "the suspension whose change-log row is gone", func() (bool, error) {
+		code, body, _ := get(b.ctx, e, "globex.plinth.localhost", "/app", nil)
+		return code == 403, fmt.Errorf("%d %s", code, body)
+	})
+	if got := e.Cache().Stats.Reloads.Load(); got != 1 {
+		t.Fatalf("Stats.Reloads = %d, want 1", got)
+	}
+	if code, body, _ := get(b.ctx, e, "acme.plinth.localhost", "/app", nil); code != 200 {
+		t.Fatalf("acme after the reload: %d %s", code, body)
+	}
+}
+
 // A custom domain serves its tenant only once the tenant proved control of
 // it, and never a tenant that did not prove it first.
 func TestEdgeCustomDomains(t *testing.T) {
