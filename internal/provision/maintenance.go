@@ -130,15 +130,23 @@ func (w *sweepWorker) Timeout(*river.Job[SweepArgs]) time.Duration { return 10 *
 
 // Work drops databases marked for dropping (abandoned intents, retired warm
 // databases), fails operations whose job ended without finishing them,
-// queues purges of tenants whose retention ended, and removes service
-// instances that stopped heartbeating.
+// queues purges of tenants whose retention ended, removes service
+// instances that stopped heartbeating, and prunes the change log.
 func (w *sweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
 	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
 	if err != nil {
 		return err
 	}
 	return errors.Join(w.dropMarked(ctx), w.failOrphanedOperations(ctx, client), w.purgeExpired(ctx, client),
-		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx))
+		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx), w.pruneChanges(ctx))
+}
+
+func (w *sweepWorker) pruneChanges(ctx context.Context) error {
+	n, err := w.store.PruneChanges(ctx, w.cfg.ChangeRetention)
+	if n > 0 {
+		w.log.Info("pruned the change log", "rows", n, "retention", w.cfg.ChangeRetention.String())
+	}
+	return err
 }
 
 // Service instances not heard from for a minute are gone (killed without

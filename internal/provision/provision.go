@@ -44,7 +44,10 @@ const (
 	SweepIntervalDefault  = time.Minute
 	AbandonAfterDefault   = 30 * time.Minute // well past the refill job's timeout
 	RetentionDefault      = 30 * 24 * time.Hour
-	FetchCooldownDefault  = time.Millisecond
+	// ChangeRetentionDefault is how long change-log rows are kept: a feed
+	// reader away longer than this reloads from the snapshot.
+	ChangeRetentionDefault = 7 * 24 * time.Hour
+	FetchCooldownDefault   = time.Millisecond
 )
 
 // Config configures provisioning. Zero values take the defaults above.
@@ -75,6 +78,8 @@ type Config struct {
 	AbandonAfter time.Duration
 	// Retention is how long a deleted tenant's data is kept before purging.
 	Retention time.Duration
+	// ChangeRetention is how long the change log keeps a change.
+	ChangeRetention time.Duration
 	// FetchCooldown is the least time between River fetches; small, so a
 	// new job starts within milliseconds of its insert.
 	FetchCooldown time.Duration
@@ -93,6 +98,7 @@ func (c Config) withDefaults() Config {
 	c.UnhealthyAfter = cmp.Or(c.UnhealthyAfter, fleet.UnhealthyAfterDefault)
 	c.AbandonAfter = cmp.Or(c.AbandonAfter, AbandonAfterDefault)
 	c.Retention = cmp.Or(c.Retention, RetentionDefault)
+	c.ChangeRetention = cmp.Or(c.ChangeRetention, ChangeRetentionDefault)
 	c.FetchCooldown = cmp.Or(c.FetchCooldown, FetchCooldownDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

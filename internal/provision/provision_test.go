@@ -429,3 +429,27 @@ func TestUndeleteRefusedAfterPartialPurge(t *testing.T) {
 		t.Fatalf("second purge: %+v", got)
 	}
 }
+
+// The sweeper prunes change-log rows older than ChangeRetention and records
+// how far, so a feed reader resuming from before that reloads.
+func TestChangeLogIsPruned(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{cfg: provision.Config{ChangeRetention: time.Millisecond}})
+	b.create(t, "prune-me")
+	latest, err := b.store.LatestVersion(b.ctx)
+	must(t, err)
+	if latest == 0 {
+		t.Fatal("creating a tenant wrote no change-log row")
+	}
+	testkit.Eventually(t, time.Minute, "the change log pruned through the tenant's creation", func() (bool, error) {
+		pruned, err := b.store.PrunedThrough(b.ctx)
+		return err == nil && pruned >= latest, fmt.Errorf("pruned through %d, latest %d: %v", pruned, latest, err)
+	})
+	changes, err := b.store.Changes(b.ctx, 0, 1000)
+	must(t, err)
+	for _, c := range changes {
+		if c.Version <= latest {
+			t.Fatalf("change %d survived pruning through %d", c.Version, latest)
+		}
+	}
+}
