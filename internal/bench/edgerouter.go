@@ -6,22 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/plinth-platform/plinth/internal/api"
 	"github.com/plinth-platform/plinth/internal/auth"
 	"github.com/plinth-platform/plinth/internal/catalog"
-	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 	"github.com/plinth-platform/plinth/internal/server"
 )
 
@@ -55,53 +51,18 @@ func EdgeRouter(ctx context.Context, cfg ProxyConfig) (*EdgeReport, error) {
 		}
 	}
 	rep := &EdgeReport{Connections: cfg.Connections, BodyBytes: cfg.BodyBytes, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds()}
-	dir, err := os.MkdirTemp("", "plinth-bench-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	_ = os.Chmod(dir, 0o755)
-
 	say("starting a control plane, a worker and a shard…")
-	port, err := localpg.FreePort()
+	cp, err := startControlPlane(ctx, []server.Role{server.RoleControl, server.RoleWorker})
 	if err != nil {
 		return nil, err
 	}
-	cluster := &localpg.Cluster{Dir: filepath.Join(dir, "control"), Port: port}
-	if err := cluster.Init(ctx); err != nil {
-		return nil, err
-	}
-	if _, err := cluster.Start(ctx); err != nil {
-		return nil, err
-	}
-	defer func() { _ = cluster.Stop(context.Background()) }()
-	conn, err := pgx.Connect(ctx, cluster.DSN("postgres"))
-	if err != nil {
-		return nil, err
-	}
-	_, err = conn.Exec(ctx, "CREATE DATABASE plinth")
-	var pgVersion string
-	if err == nil {
-		err = conn.QueryRow(ctx, "SHOW server_version").Scan(&pgVersion)
-	}
-	conn.Close(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep.Machine = machine(pgVersion)
-	token := "bench-admin-" + uuid.NewString()
-	ctl, err := server.Start(ctx, server.Config{DatabaseURL: cluster.DSN("plinth"), Roles: []server.Role{server.RoleControl, server.RoleWorker},
-		Listen: "127.0.0.1:0", AdminToken: token, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = ctl.Stop(context.Background()) }()
-	controlURL := "http://" + ctl.Addr()
-	admin := api.NewClient(controlURL, token)
+	defer cp.stop()
+	rep.Machine = cp.machine
+	controlURL, admin := cp.url, cp.admin
 	if _, err := admin.CreateRegion(ctx, api.CreateRegionRequest{Name: "bench-1"}); err != nil {
 		return nil, err
 	}
-	if _, err := admin.CreateShard(ctx, api.CreateShardRequest{Name: "shard-1", Region: "bench-1", DSN: cluster.DSN("postgres")}); err != nil {
+	if _, err := admin.CreateShard(ctx, api.CreateShardRequest{Name: "shard-1", Region: "bench-1", DSN: cp.shardDSN}); err != nil {
 		return nil, err
 	}
 	if _, err := admin.RegisterProduct(ctx, api.RegisterProductRequest{Name: "bench", Default: true, Migrations: []catalog.Migration{

@@ -102,49 +102,14 @@ func Sidecar(ctx context.Context, cfg ProxyConfig) (*SidecarReport, error) {
 		}
 	}
 	rep := &SidecarReport{Connections: cfg.Connections, BodyBytes: cfg.BodyBytes, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds()}
-	dir, err := os.MkdirTemp("", "plinth-bench-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	_ = os.Chmod(dir, 0o755)
-
 	say("starting a control plane…")
-	port, err := localpg.FreePort()
+	cp, err := startControlPlane(ctx, []server.Role{server.RoleControl})
 	if err != nil {
 		return nil, err
 	}
-	cluster := &localpg.Cluster{Dir: filepath.Join(dir, "control"), Port: port}
-	if err := cluster.Init(ctx); err != nil {
-		return nil, err
-	}
-	if _, err := cluster.Start(ctx); err != nil {
-		return nil, err
-	}
-	defer func() { _ = cluster.Stop(context.Background()) }()
-	conn, err := pgx.Connect(ctx, cluster.DSN("postgres"))
-	if err != nil {
-		return nil, err
-	}
-	_, err = conn.Exec(ctx, "CREATE DATABASE plinth")
-	var pgVersion string
-	if err == nil {
-		err = conn.QueryRow(ctx, "SHOW server_version").Scan(&pgVersion)
-	}
-	conn.Close(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep.Machine = machine(pgVersion)
-	token := "bench-admin-" + uuid.NewString()
-	ctl, err := server.Start(ctx, server.Config{DatabaseURL: cluster.DSN("plinth"), Roles: []server.Role{server.RoleControl},
-		Listen: "127.0.0.1:0", AdminToken: token, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = ctl.Stop(context.Background()) }()
-	controlURL := "http://" + ctl.Addr()
-	admin := api.NewClient(controlURL, token)
+	defer cp.stop()
+	rep.Machine = cp.machine
+	controlURL, admin := cp.url, cp.admin
 	echoSvc, err := admin.CreateService(ctx, api.ServiceRequest{Name: "echo", AllowedCallers: []string{"bench"}})
 	if err != nil {
 		return nil, err
@@ -416,4 +381,73 @@ func printProxyRows(w io.Writer, rows []ProxyRow, rate float64) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// controlPlane is an in-process control plane on a cluster of its own.
+type controlPlane struct {
+	url     string
+	admin   *api.Client
+	machine Machine
+	// shardDSN is the control cluster's, for a shard on the same server.
+	shardDSN string
+	stop     func()
+}
+
+// startControlPlane makes a cluster in a temporary directory and starts a
+// server with roles on it.
+func startControlPlane(ctx context.Context, roles []server.Role) (_ *controlPlane, err error) {
+	var undo []func()
+	cp := &controlPlane{stop: func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}}
+	defer func() {
+		if err != nil {
+			cp.stop()
+		}
+	}()
+	dir, err := os.MkdirTemp("", "plinth-bench-")
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = os.RemoveAll(dir) })
+	_ = os.Chmod(dir, 0o755)
+	port, err := localpg.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	cluster := &localpg.Cluster{Dir: filepath.Join(dir, "control"), Port: port}
+	if err := cluster.Init(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := cluster.Start(ctx); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = cluster.Stop(context.Background()) })
+	conn, err := pgx.Connect(ctx, cluster.DSN("postgres"))
+	if err != nil {
+		return nil, err
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE plinth")
+	var pgVersion string
+	if err == nil {
+		err = conn.QueryRow(ctx, "SHOW server_version").Scan(&pgVersion)
+	}
+	conn.Close(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cp.machine = machine(pgVersion)
+	token := "bench-admin-" + uuid.NewString()
+	ctl, err := server.Start(ctx, server.Config{DatabaseURL: cluster.DSN("plinth"), Roles: roles,
+		Listen: "127.0.0.1:0", AdminToken: token, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = ctl.Stop(context.Background()) })
+	cp.url = "http://" + ctl.Addr()
+	cp.admin = api.NewClient(cp.url, token)
+	cp.shardDSN = cluster.DSN("postgres")
+	return cp, nil
 }
