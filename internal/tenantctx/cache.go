@@ -67,6 +67,9 @@ type Config struct {
 	LoadsPerSecond float64
 	// OnEvent, when set, is told of routes and regions events.
 	OnEvent func(Event)
+	// OnTenant, when set, is told of each tenant the feed changed, after
+	// the change is applied: its context, or nil when it is gone.
+	OnTenant func(id uuid.UUID, tc *Context)
 	Now     func() time.Time
 	Logger  *slog.Logger
 }
@@ -586,19 +589,26 @@ func (c *Cache) apply(ctx context.Context, ev Event) error {
 	c.Stats.Events.Add(1)
 	switch ev.Type {
 	case "tenant":
+		var id uuid.UUID
+		var now *Context // what the cache holds now (a newer context wins)
 		switch {
 		case ev.Context != nil:
 			tc := *ev.Context
+			id, now = tc.TenantID, &tc
 			c.mu.RLock()
 			_, cached := c.ids[tc.TenantID]
 			c.mu.RUnlock()
 			if cached {
-				c.put(&tc)
+				now = c.put(&tc)
 			} else {
 				c.index(&tc) // not cached: the directory learns of it
 			}
 		case ev.TenantID != nil:
-			c.remove(*ev.TenantID)
+			id = *ev.TenantID
+			c.remove(id)
+		}
+		if c.cfg.OnTenant != nil && id != uuid.Nil {
+			c.cfg.OnTenant(id, now)
 		}
 	case "shard":
 		c.readdress(ev.Shard, ev.Address)

@@ -488,9 +488,21 @@ func TestFeedEventsUpdateTheCache(t *testing.T) {
 	acme := tenant("acme", "acme.example.com", "www.acme.example.com")
 	f := newFake(acme)
 	var routes atomic.Int64
+	var told sync.Mutex
+	var tenants []string // what OnTenant was told: a state, or "gone"
 	c := NewCache(Config{Fetcher: f, OnEvent: func(ev Event) {
 		if ev.Type == "routes" {
 			routes.Add(1)
+		}
+	}, OnTenant: func(id uuid.UUID, tc *Context) {
+		told.Lock()
+		defer told.Unlock()
+		if id != acme.TenantID {
+			tenants = append(tenants, "another tenant")
+		} else if tc == nil {
+			tenants = append(tenants, "gone")
+		} else {
+			tenants = append(tenants, string(tc.State))
 		}
 	}})
 	ctx := context.Background()
@@ -588,6 +600,11 @@ func TestFeedEventsUpdateTheCache(t *testing.T) {
 			err := s.check()
 			return err == nil, err
 		})
+	}
+	told.Lock()
+	defer told.Unlock()
+	if want := []string{"suspended", "suspended", "active", "gone"}; !slices.Equal(tenants, want) {
+		t.Fatalf("OnTenant was told %v, want %v", tenants, want)
 	}
 }
 
