@@ -113,8 +113,8 @@ type shard struct {
 type tenant struct {
 	key     Key
 	sh      *shard
-	idle    []*Conn // most recently used last
-	open    int     // open or being opened, in use or idle
+	idle    []*pconn // most recently used last
+	open    int      // open or being opened, in use or idle
 	waiters []*waiter
 	retired bool // its key changed or it was forgotten: close what comes back
 }
@@ -126,11 +126,11 @@ type waiter struct {
 
 // grant answers a waiter: a connection handed over, or a slot to open one in.
 type grant struct {
-	conn *Conn
+	conn *pconn
 	slot bool
 	// closeFirst is closed by the waiter before it opens a connection in
 	// the slot (it held the slot until now).
-	closeFirst *Conn
+	closeFirst *pconn
 	err        error
 }
 
@@ -153,15 +153,25 @@ func New(cfg Config) *Manager {
 	return m
 }
 
-// Conn is a connection to one tenant database, held until Release.
+// Conn is a connection to one tenant database, borrowed until Release.
+// Each Acquire returns a Conn of its own: releasing it twice is harmless,
+// even once the connection is someone else's.
 type Conn struct {
 	*pgx.Conn
+	pc       *pconn
+	released atomic.Bool
+}
+
+// pconn is a connection the manager holds.
+type pconn struct {
+	Conn     *pgx.Conn
 	m        *Manager
 	t        *tenant
 	lastUsed time.Time
 	idleAt   int // index in its shard's idle list, -1 when in use
-	released atomic.Bool
 }
+
+func (c *pconn) lend() *Conn { return &Conn{Conn: c.Conn, pc: c} }
 
 // Acquire returns a connection to key's database: an idle one of the
 // tenant's, a new one while the shard is under its cap (closing another
@@ -185,10 +195,9 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 		sh.hits++
 		m.mu.Unlock()
 		m.hits.Add(1)
-		c.released.Store(false)
-		return c, nil
+		return c.lend(), nil
 	}
-	var victim *Conn
+	var victim *pconn
 	switch {
 	case len(t.waiters) > 0 || t.open >= m.cfg.TenantShare && sh.waiting > 0:
 		// Others of this tenant are waiting already, or it holds its share
@@ -252,8 +261,7 @@ func (m *Manager) take(ctx context.Context, t *tenant, g grant) (*Conn, error) {
 		return nil, g.err
 	case g.conn != nil:
 		m.hits.Add(1)
-		g.conn.released.Store(false)
-		return g.conn, nil
+		return g.conn.lend(), nil
 	}
 	if g.closeFirst != nil { // the slot's last connection, another tenant's
 		_ = g.closeFirst.Conn.Close(context.Background())
@@ -302,21 +310,22 @@ func (m *Manager) connect(ctx context.Context, t *tenant) (*Conn, error) {
 	m.mu.Lock()
 	t.sh.connects++
 	m.mu.Unlock()
-	return &Conn{Conn: pc, m: m, t: t, idleAt: -1}, nil
+	return (&pconn{Conn: pc, m: m, t: t, idleAt: -1}).lend(), nil
 }
 
 // Release gives the connection back. A connection left in a transaction,
 // broken, or of a tenant that moved is closed instead of kept.
-func (c *Conn) Release() {
-	if c.released.Swap(true) {
+func (b *Conn) Release() {
+	if b.released.Swap(true) {
 		return // twice is once
 	}
+	c := b.pc
 	m, t := c.m, c.t
 	healthy := !c.Conn.IsClosed() && c.Conn.PgConn().TxStatus() == 'I' && !c.Conn.PgConn().IsBusy()
 	m.mu.Lock()
 	if !healthy || t.retired || m.closed {
 		m.mu.Unlock()
-		m.closeConns([]*Conn{c})
+		m.closeConns([]*pconn{c})
 		return
 	}
 	c.lastUsed = m.cfg.Now()
@@ -466,7 +475,7 @@ func (m *Manager) Forget(id uuid.UUID) {
 
 // detach takes an idle connection out of its tenant's and its shard's idle
 // lists; it still counts as open. m.mu is held.
-func (m *Manager) detach(c *Conn) {
+func (m *Manager) detach(c *pconn) {
 	t := c.t
 	t.sh.idle.remove(c)
 	for i, x := range t.idle {
@@ -479,7 +488,7 @@ func (m *Manager) detach(c *Conn) {
 
 // closeConns closes connections, then stops counting them and passes their
 // slots on, so that a shard never sees more than the cap.
-func (m *Manager) closeConns(cs []*Conn) {
+func (m *Manager) closeConns(cs []*pconn) {
 	for _, c := range cs {
 		_ = c.Conn.Close(context.Background())
 	}
@@ -521,7 +530,7 @@ func (m *Manager) reap() {
 // runs periodically on its own).
 func (m *Manager) ReapIdle() {
 	cutoff := m.cfg.Now().Add(-m.cfg.IdleTimeout)
-	var old []*Conn
+	var old []*pconn
 	m.mu.Lock()
 	for _, sh := range m.shards {
 		for sh.idle.len() > 0 && !sh.idle.oldest().lastUsed.After(cutoff) {
@@ -591,14 +600,14 @@ func (m *Manager) Stats() Stats {
 // idleList is a shard's idle connections, least recently used first: a
 // ring of slots with removal by index.
 type idleList struct {
-	items []*Conn // in release order; nil where removed
+	items []*pconn // in release order; nil where removed
 	head  int
 	n     int
 }
 
 func (l *idleList) len() int { return l.n }
 
-func (l *idleList) push(c *Conn) {
+func (l *idleList) push(c *pconn) {
 	if l.head > 0 && l.head*2 >= len(l.items) {
 		l.compact()
 	}
@@ -607,14 +616,14 @@ func (l *idleList) push(c *Conn) {
 	l.n++
 }
 
-func (l *idleList) oldest() *Conn {
+func (l *idleList) oldest() *pconn {
 	for l.items[l.head] == nil {
 		l.head++
 	}
 	return l.items[l.head]
 }
 
-func (l *idleList) remove(c *Conn) {
+func (l *idleList) remove(c *pconn) {
 	if c.idleAt < 0 {
 		return
 	}
