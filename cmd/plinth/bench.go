@@ -6,6 +6,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,7 +15,30 @@ import (
 )
 
 func benchCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks that measure Plinth against its competitor in the same run"}
+	var profile string
+	var stopProfile func()
+	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks that measure Plinth against its competitor in the same run",
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if profile == "" {
+				return nil
+			}
+			f, err := os.Create(profile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				f.Close()
+				return err
+			}
+			stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if stopProfile != nil {
+				stopProfile()
+			}
+		}}
+	cmd.PersistentFlags().StringVar(&profile, "cpuprofile", "", "write a CPU profile of the benchmark process to this file")
 	var cfg bench.ProvisionConfig
 	var asJSON bool
 	provision := &cobra.Command{
@@ -103,7 +127,7 @@ its resident memory, and what token verification costs.`,
 	}
 	rp.Flags().StringVar(&upstream, "upstream", "", "host:port to proxy to")
 	rp.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address to listen on")
-	cmd.AddCommand(provision, sidecarCmd, benchEdgeCmd(), benchTenantctxCmd(), rp)
+	cmd.AddCommand(provision, sidecarCmd, benchEdgeCmd(), benchTenantctxCmd(), benchTenantDBCmd(), rp)
 	return cmd
 }
 
@@ -183,6 +207,44 @@ to reach several caches following the change feed.`,
 	cmd.Flags().IntVar(&cfg.Caches, "caches", 8, "caches following the change feed in the invalidation run")
 	cmd.Flags().IntVar(&cfg.Changes, "changes", 100, "catalog changes in the invalidation run")
 	cmd.Flags().IntVar(&cfg.Concurrent, "concurrent", 10_000, "concurrent lookups of one uncached tenant")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func benchTenantDBCmd() *cobra.Command {
+	var cfg bench.TenantDBConfig
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "tenantdb",
+		Short: "Plinth's connection manager vs a pool per tenant vs one shared database",
+		Long: `Starts shard clusters of its own, creates the tenant databases (100 rows each)
+and one shared database per shard holding the same rows with a tenant_id
+column, then drives each contender with the same workers picking tenants
+from a Zipf distribution: (a) Plinth's connection manager with a cap per
+shard, (b) a pgxpool per tenant, (c) the shared database through a pool of
+the same cap. Prints throughput, latency, errors, the pool hit ratio,
+connects per second and the peak server connections of each; then what
+idle tenants hold once the manager's idle timeout passed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !asJSON {
+				cfg.Progress = os.Stderr
+			}
+			rep, err := bench.TenantDB(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return bench.PrintTenantDB(os.Stdout, rep, asJSON)
+		},
+	}
+	cmd.Flags().IntVar(&cfg.Tenants, "tenants", 1000, "tenant databases")
+	cmd.Flags().IntVar(&cfg.Shards, "shards", 2, "shard clusters")
+	cmd.Flags().IntVar(&cfg.Workers, "workers", 200, "concurrent workers")
+	cmd.Flags().IntVar(&cfg.Cap, "cap", 40, "connections per shard for (a) and (c)")
+	cmd.Flags().IntVar(&cfg.MaxConnections, "max-connections", 100, "each shard's max_connections")
+	cmd.Flags().IntVar(&cfg.Share, "share", 0, "the manager's per-tenant share of a shard's cap (0: a quarter of the cap)")
+	cmd.Flags().Float64Var(&cfg.Zipf, "zipf", 1.1, "Zipf exponent of the tenants' popularity")
+	cmd.Flags().DurationVar(&cfg.Duration, "duration", 10*time.Second, "length of each run")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }

@@ -60,7 +60,12 @@ type Config struct {
 	AcquireTimeout time.Duration
 	// ConnectTimeout bounds opening one connection (5s).
 	ConnectTimeout time.Duration
-	Now            func() time.Time
+	// Affinity is how long another tenant's request may wait while a tenant
+	// under its share hands its released connections to its own waiters
+	// (1s): a handover costs nothing, a switch costs a connect. Negative
+	// switches it off: connections go tenant by tenant in strict turns.
+	Affinity time.Duration
+	Now      func() time.Time
 }
 
 // Defaults.
@@ -69,6 +74,7 @@ const (
 	IdleTimeoutDefault    = 30 * time.Second
 	AcquireTimeoutDefault = 5 * time.Second
 	ConnectTimeoutDefault = 5 * time.Second
+	AffinityDefault       = time.Second
 )
 
 // Errors.
@@ -120,8 +126,9 @@ type tenant struct {
 }
 
 type waiter struct {
-	t  *tenant
-	ch chan grant // buffered: the grant never blocks the granter
+	t     *tenant
+	since time.Time
+	ch    chan grant // buffered: the grant never blocks the granter
 }
 
 // grant answers a waiter: a connection handed over, or a slot to open one in.
@@ -144,6 +151,7 @@ func New(cfg Config) *Manager {
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, IdleTimeoutDefault)
 	cfg.AcquireTimeout = cmp.Or(cfg.AcquireTimeout, AcquireTimeoutDefault)
 	cfg.ConnectTimeout = cmp.Or(cfg.ConnectTimeout, ConnectTimeoutDefault)
+	cfg.Affinity = cmp.Or(cfg.Affinity, AffinityDefault)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -223,7 +231,7 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 		_ = victim.Conn.Close(context.Background())
 		return m.connect(ctx, t)
 	}
-	w := &waiter{t: t, ch: make(chan grant, 1)}
+	w := &waiter{t: t, since: m.cfg.Now(), ch: make(chan grant, 1)}
 	t.waiters = append(t.waiters, w)
 	if len(t.waiters) == 1 {
 		sh.turn = append(sh.turn, t)
@@ -330,7 +338,10 @@ func (b *Conn) Release() {
 	}
 	c.lastUsed = m.cfg.Now()
 	sh := t.sh
-	w := m.nextWaiter(sh)
+	w := m.ownWaiter(t)
+	if w == nil {
+		w = m.nextWaiter(sh)
+	}
 	switch {
 	case w == nil:
 		t.idle = append(t.idle, c)
@@ -393,6 +404,31 @@ func (m *Manager) nextWaiter(sh *shard) *waiter {
 		sh.next = pick
 	} else {
 		sh.next = pick + 1
+	}
+	return w
+}
+
+// ownWaiter dequeues a waiter of t for t's released connection, when t is
+// within its share and no other tenant has waited longer than Affinity.
+// m.mu is held.
+func (m *Manager) ownWaiter(t *tenant) *waiter {
+	if m.cfg.Affinity < 0 || len(t.waiters) == 0 || t.open > m.cfg.TenantShare {
+		return nil
+	}
+	sh := t.sh
+	if sh.waitingOthers(t) {
+		limit := m.cfg.Now().Add(-m.cfg.Affinity)
+		for _, o := range sh.turn {
+			if o != t && o.waiters[0].since.Before(limit) {
+				return nil
+			}
+		}
+	}
+	w := t.waiters[0]
+	t.waiters = t.waiters[1:]
+	sh.waiting--
+	if len(t.waiters) == 0 {
+		sh.leaveTurn(t)
 	}
 	return w
 }

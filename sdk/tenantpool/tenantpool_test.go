@@ -240,7 +240,7 @@ func TestTurnsAreFair(t *testing.T) {
 	ctx := testkit.Context(t, time.Minute)
 	f := newFleet(t, 3)
 	a, b, c := f.keys[0], f.keys[1], f.keys[2]
-	m := newManager(t, f, tenantpool.Config{ShardCap: 2, TenantShare: 1, AcquireTimeout: 30 * time.Second})
+	m := newManager(t, f, tenantpool.Config{ShardCap: 2, TenantShare: 1, AcquireTimeout: 30 * time.Second, Affinity: -1})
 	a1, err := m.Acquire(ctx, a)
 	must(t, err)
 	a2, err := m.Acquire(ctx, a) // nobody waits: a may exceed its share
