@@ -125,6 +125,8 @@ func mapError(err error) error {
 			e = Conflict("region_exists", "region already exists")
 		case "shards_pkey":
 			e = Conflict("shard_exists", "shard already exists")
+		case "migration_runs_one_active":
+			e = Conflict("migration_in_progress", "the product has a migration run in progress; resume it or wait for it")
 		default:
 			e = Conflict("conflict", "conflicts with an existing record (%s)", pgErr.ConstraintName)
 		}

@@ -217,6 +217,7 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(ws, &healthWorker{workers: w})
 	river.AddWorker(ws, &refillWorker{workers: w})
 	river.AddWorker(ws, &sweepWorker{workers: w})
+	river.AddWorker(ws, &migrateWorker{workers: w})
 	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
 	periodic := func(every time.Duration, args river.JobArgs, opts *river.InsertOpts) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
