@@ -83,7 +83,9 @@ type migrateWorker struct {
 	*workers
 }
 
-func (w *migrateWorker) Timeout(*river.Job[MigrateArgs]) time.Duration { return w.slice() + time.Minute }
+func (w *migrateWorker) Timeout(*river.Job[MigrateArgs]) time.Duration {
+	return w.slice() + time.Minute
+}
 
 // slice is how long one execution works before queueing the rest: well
 // inside River's rescue of jobs it thinks stuck.

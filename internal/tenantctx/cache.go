@@ -70,8 +70,8 @@ type Config struct {
 	// OnTenant, when set, is told of each tenant the feed changed, after
 	// the change is applied: its context, or nil when it is gone.
 	OnTenant func(id uuid.UUID, tc *Context)
-	Now     func() time.Time
-	Logger  *slog.Logger
+	Now      func() time.Time
+	Logger   *slog.Logger
 }
 
 // Status tells how fresh an answer is.
