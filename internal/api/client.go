@@ -323,3 +323,27 @@ func (c *Client) VerifyDomain(ctx context.Context, ref, domain string) (DomainRe
 func (c *Client) RemoveDomain(ctx context.Context, ref, domain string) error {
 	return c.Do(ctx, "DELETE", "/v1/tenants/"+url.PathEscape(ref)+"/domains/"+url.PathEscape(domain), nil, nil)
 }
+
+// StartMigration starts migrating every tenant database of product.
+func (c *Client) StartMigration(ctx context.Context, product string, req MigrateRequest) (MigrationRunResponse, error) {
+	var out MigrationRunResponse
+	return out, c.Do(ctx, "POST", "/v1/products/"+url.PathEscape(product)+"/migrations", req, &out)
+}
+
+// ListMigrations returns a product's migration runs, newest first.
+func (c *Client) ListMigrations(ctx context.Context, product string) ([]catalog.MigrationRun, error) {
+	var out List[catalog.MigrationRun]
+	return out.Items, c.Do(ctx, "GET", "/v1/products/"+url.PathEscape(product)+"/migrations", nil, &out)
+}
+
+// GetMigration returns a run and its failed tasks.
+func (c *Client) GetMigration(ctx context.Context, id string) (MigrationRunResponse, error) {
+	var out MigrationRunResponse
+	return out, c.Do(ctx, "GET", "/v1/migrations/"+url.PathEscape(id), nil, &out)
+}
+
+// MigrationAction pauses or resumes a run.
+func (c *Client) MigrationAction(ctx context.Context, id, action string) (MigrationRunResponse, error) {
+	var out MigrationRunResponse
+	return out, c.Do(ctx, "POST", "/v1/migrations/"+url.PathEscape(id)+"/"+url.PathEscape(action), nil, &out)
+}
