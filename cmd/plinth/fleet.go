@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -279,8 +281,160 @@ changing a registered file is refused.`,
 			})
 		},
 	}
-	cmd.AddCommand(register, list, get)
+	cmd.AddCommand(register, list, get, productMigrateCmd(g))
 	return cmd
+}
+
+func productMigrateCmd(g *globals) *cobra.Command {
+	var to int64
+	var concurrency, canary int
+	var maxFailures float64
+	var detach, pause, resume, status bool
+	cmd := &cobra.Command{
+		Use:   "migrate PRODUCT",
+		Short: "Migrate every tenant database of a product: canary first, then waves by tier",
+		Long: `Applies the product's registered migrations to every tenant database across
+the fleet, up to --to (the product's current version by default): --canary
+tenants first, alone, then the rest in waves from tier 3 (least critical) to
+tier 0, --concurrency at a time. Each tenant's result and schema version are
+recorded; a tenant that fails is recorded and skipped, and the run stops when
+more than --max-failures of the tenants failed (or a canary did). The run is
+a durable job: it survives a killed worker and carries on where it was.
+New tenants and the warm pool start at the new version already.
+
+It waits with a progress bar (on a terminal) unless --detach; with -o json it
+prints the run when it ends. --pause, --resume and --status act on the
+product's latest run.`,
+		Example: `  plinth product migrate tracker
+  plinth product migrate tracker --to 4 --concurrency 8 --canary 5
+  plinth product migrate tracker --pause`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			var resp api.MigrationRunResponse
+			switch {
+			case pause || resume || status:
+				runs, err := c.ListMigrations(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if len(runs) == 0 {
+					return fmt.Errorf("product %s has no migration run", args[0])
+				}
+				id := runs[0].ID.String()
+				switch {
+				case pause:
+					resp, err = c.MigrationAction(ctx, id, "pause")
+				case resume:
+					resp, err = c.MigrationAction(ctx, id, "resume")
+				default:
+					resp, err = c.GetMigration(ctx, id)
+				}
+				if err != nil {
+					return err
+				}
+				if !resume {
+					return printRun(g, resp)
+				}
+			default:
+				req := api.MigrateRequest{To: to, Concurrency: concurrency}
+				if cmd.Flags().Changed("canary") {
+					req.Canary = &canary
+				}
+				if cmd.Flags().Changed("max-failures") {
+					req.MaxFailureRatio = &maxFailures
+				}
+				if resp, err = c.StartMigration(ctx, args[0], req); err != nil {
+					return err
+				}
+			}
+			if detach {
+				return printRun(g, resp)
+			}
+			if resp, err = followRun(ctx, c, resp, g.output != "json"); err != nil {
+				return err
+			}
+			if err := printRun(g, resp); err != nil {
+				return err
+			}
+			switch resp.Run.State {
+			case catalog.RunSucceeded:
+				return nil
+			case catalog.RunPaused:
+				return fmt.Errorf("the run was paused; resume it with: plinth product migrate %s --resume", args[0])
+			}
+			return fmt.Errorf("the run ended %s: %s", resp.Run.State, resp.Run.Error)
+		},
+	}
+	f := cmd.Flags()
+	f.Int64Var(&to, "to", 0, "target version (default: the product's current version)")
+	f.IntVar(&concurrency, "concurrency", api.MigrateConcurrencyDefault, "tenant databases migrated at once (1-256)")
+	f.IntVar(&canary, "canary", api.MigrateCanaryDefault, "tenants migrated first, alone")
+	f.Float64Var(&maxFailures, "max-failures", api.MigrateMaxFailureDefault, "stop once more than this share of tenants failed (0-1)")
+	f.BoolVar(&detach, "detach", false, "start the run and return")
+	f.BoolVar(&pause, "pause", false, "pause the product's latest run")
+	f.BoolVar(&resume, "resume", false, "resume the product's latest run")
+	f.BoolVar(&status, "status", false, "show the product's latest run")
+	cmd.MarkFlagsMutuallyExclusive("pause", "resume", "status")
+	return cmd
+}
+
+// followRun polls a run until it is over (or paused), drawing a progress
+// bar on stderr when it is a terminal and bar is set.
+func followRun(ctx context.Context, c *api.Client, resp api.MigrationRunResponse, bar bool) (api.MigrationRunResponse, error) {
+	fi, err := os.Stderr.Stat()
+	bar = bar && err == nil && fi.Mode()&os.ModeCharDevice != 0
+	start := time.Now()
+	for {
+		r := resp.Run
+		if bar {
+			finished := r.Tasks["done"] + r.Tasks["failed"] + r.Tasks["skipped"]
+			const width = 30
+			filled := 0
+			if r.Total > 0 {
+				filled = finished * width / r.Total
+			}
+			fmt.Fprintf(os.Stderr, "\r%s v%d [%s%s] %d/%d done, %d failed  %.0fs ", r.Product, r.TargetVersion,
+				strings.Repeat("█", filled), strings.Repeat("·", width-filled), r.Tasks["done"], r.Total, r.Tasks["failed"], time.Since(start).Seconds())
+		}
+		if r.State != catalog.RunRunning {
+			if bar {
+				fmt.Fprintln(os.Stderr)
+			}
+			return resp, nil
+		}
+		select {
+		case <-ctx.Done():
+			return resp, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		if resp, err = c.GetMigration(ctx, r.ID.String()); err != nil {
+			return resp, err
+		}
+	}
+}
+
+func printRun(g *globals, resp api.MigrationRunResponse) error {
+	return g.print(resp, func(w io.Writer) {
+		r := resp.Run
+		row(w, "RUN", "PRODUCT", "TO", "STATE", "DONE", "FAILED", "SKIPPED", "PENDING", "TOTAL")
+		row(w, r.ID, r.Product, r.TargetVersion, r.State, r.Tasks["done"], r.Tasks["failed"], r.Tasks["skipped"],
+			r.Tasks["pending"]+r.Tasks["running"], r.Total)
+		if r.Error != "" {
+			fmt.Fprintf(w, "\n%s\n", r.Error)
+		}
+		if len(resp.Failed) > 0 {
+			fmt.Fprintln(w)
+			row(w, "FAILED TENANT", "DATABASE", "SHARD", "FROM", "ERROR")
+			for _, t := range resp.Failed {
+				row(w, t.TenantID, t.Database, t.Shard, t.FromVersion, catalog.Truncate(t.Error, 120))
+			}
+		}
+	})
 }
 
 func poolCmd(g *globals) *cobra.Command {
