@@ -86,7 +86,9 @@ type migrateWorker struct {
 // NextRetry retries soon: a run's job fails only when the catalog or a
 // worker did (a tenant's failure is recorded, not raised), and a rescued
 // job should carry on at once.
-func (w *migrateWorker) NextRetry(job *river.Job[MigrateArgs]) time.Time { return w.backoff(job.Attempt) }
+func (w *migrateWorker) NextRetry(job *river.Job[MigrateArgs]) time.Time {
+	return w.backoff(job.Attempt)
+}
 
 func (w *migrateWorker) Timeout(*river.Job[MigrateArgs]) time.Duration {
 	return w.slice() + time.Minute
