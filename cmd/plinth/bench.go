@@ -127,7 +127,7 @@ its resident memory, and what token verification costs.`,
 	}
 	rp.Flags().StringVar(&upstream, "upstream", "", "host:port to proxy to")
 	rp.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address to listen on")
-	cmd.AddCommand(provision, sidecarCmd, benchEdgeCmd(), benchTenantctxCmd(), benchTenantDBCmd(), rp)
+	cmd.AddCommand(provision, sidecarCmd, benchEdgeCmd(), benchTenantctxCmd(), benchTenantDBCmd(), benchMigrateCmd(), rp)
 	return cmd
 }
 
@@ -245,6 +245,39 @@ idle tenants hold once the manager's idle timeout passed.`,
 	cmd.Flags().IntVar(&cfg.Share, "share", 0, "the manager's per-tenant share of a shard's cap (0: a quarter of the cap)")
 	cmd.Flags().Float64Var(&cfg.Zipf, "zipf", 1.1, "Zipf exponent of the tenants' popularity")
 	cmd.Flags().DurationVar(&cfg.Duration, "duration", 10*time.Second, "length of each run")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func benchMigrateCmd() *cobra.Command {
+	var cfg bench.MigrateConfig
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "A sequential psql -f loop vs plinth product migrate over the same tenant databases",
+		Long: `Starts a stack of its own, provisions --tenants tenants on one shard, then
+applies the same kind of change (a column and an index) to every tenant
+database: (a) with psql -f, one database after another, (b) with Plinth's
+fleet migration at --concurrency. Prints both times and the ratio.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.Exe = exe
+			if !asJSON {
+				cfg.Progress = os.Stderr
+			}
+			rep, err := bench.Migrate(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return bench.PrintMigrate(os.Stdout, rep, asJSON)
+		},
+	}
+	cmd.Flags().IntVar(&cfg.Tenants, "tenants", 1000, "tenant databases")
+	cmd.Flags().IntVar(&cfg.Concurrency, "concurrency", 0, "Plinth's concurrency (default: plinth product migrate's)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }

@@ -296,3 +296,13 @@ func (s *Store) SetRunState(ctx context.Context, id uuid.UUID, from []string, to
 	})
 	return r, mapError(err)
 }
+
+// FailedCanaries counts a run's failed canary tasks.
+func (s *Store) FailedCanaries(ctx context.Context, run uuid.UUID) (int, error) {
+	var n int
+	if err := s.q.QueryRow(ctx, `SELECT count(*) FROM migration_tasks WHERE run_id = $1 AND wave = 0 AND state = 'failed'`,
+		run).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count failed canaries: %w", err)
+	}
+	return n, nil
+}

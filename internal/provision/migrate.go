@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -133,45 +134,98 @@ func (w *migrateWorker) Work(ctx context.Context, job *river.Job[MigrateArgs]) e
 			log.Info("migration run no longer running", "state", run.State)
 			return nil
 		}
-		tasks, err := w.store.ClaimMigrationTasks(ctx, id, run.Concurrency)
+		claimed, err := w.work(ctx, run, migrations, end)
 		if err != nil {
 			return err
 		}
-		if len(tasks) == 0 {
-			return w.finish(ctx, run)
-		}
-		var wg sync.WaitGroup
-		errs := make([]error, len(tasks))
-		for i, t := range tasks {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				terr := w.migrateOne(ctx, t, migrations, run.TargetVersion)
-				if terr != nil {
-					log.Warn("a tenant database failed to migrate", "tenant_id", t.TenantID, "database", t.Database, "error", terr)
-				}
-				if ctx.Err() != nil && terr != nil {
-					return // the job is ending: the task stays running and is reset on resume
-				}
-				rctx, cancel := recordCtx(ctx)
-				defer cancel()
-				errs[i] = w.store.FinishMigrationTask(rctx, id, t.DatabaseID, run.TargetVersion, terr)
-			}()
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return err
-		}
-		if stop, why, err := w.tooManyFailures(ctx, id, tasks); err != nil {
+		if stop, why, err := w.tooManyFailures(ctx, id); err != nil {
 			return err
 		} else if stop {
 			log.Warn("stopping a migration run", "reason", why)
 			_, err := w.store.SetRunState(ctx, id, []string{catalog.RunRunning}, catalog.RunStopped, why)
 			return err
 		}
+		if claimed == 0 {
+			if run, err = w.store.GetMigrationRun(ctx, id); err != nil {
+				return err
+			}
+			if run.State != catalog.RunRunning {
+				return nil
+			}
+			return w.finish(ctx, run)
+		}
 	}
 	// The slice is over: the same job runs again at once, with what is left.
 	return river.JobSnooze(0)
+}
+
+// work runs Concurrency goroutines that each claim one task at a time
+// (no batch waits for its slowest tenant) until the wave runs dry, the
+// slice ends, a canary fails, or the run is paused or stops meeting its
+// failure ratio (checked twice a second). It returns how many tasks it
+// claimed.
+func (w *migrateWorker) work(ctx context.Context, run catalog.MigrationRun, ms []catalog.Migration, end time.Time) (int64, error) {
+	var claimed atomic.Int64
+	var halt atomic.Bool
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go func() { // pause and failure ratio
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-watchCtx.Done():
+				return
+			case <-t.C:
+			}
+			cur, err := w.store.GetMigrationRun(watchCtx, run.ID)
+			if err == nil && cur.State != catalog.RunRunning {
+				halt.Store(true)
+			}
+			if stop, _, err := w.tooManyFailures(watchCtx, run.ID); err == nil && stop {
+				halt.Store(true)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make([]error, run.Concurrency)
+	for g := range run.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !halt.Load() && time.Now().Before(end) && ctx.Err() == nil {
+				tasks, err := w.store.ClaimMigrationTasks(ctx, run.ID, 1)
+				if err != nil {
+					errs[g] = err
+					return
+				}
+				if len(tasks) == 0 {
+					return // this wave has nothing left to start
+				}
+				claimed.Add(1)
+				t := tasks[0]
+				terr := w.migrateOne(ctx, t, ms, run.TargetVersion)
+				if terr != nil {
+					w.log.Warn("a tenant database failed to migrate", "run_id", run.ID, "tenant_id", t.TenantID, "database", t.Database, "error", terr)
+				}
+				if ctx.Err() != nil && terr != nil {
+					return // the job is ending: the task stays running and is reset on resume
+				}
+				rctx, cancel := recordCtx(ctx)
+				err = w.store.FinishMigrationTask(rctx, run.ID, t.DatabaseID, run.TargetVersion, terr)
+				cancel()
+				if err != nil {
+					errs[g] = err
+					return
+				}
+				if terr != nil && t.Wave == 0 {
+					halt.Store(true) // a canary failed: the run stops
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return claimed.Load(), errors.Join(errs...)
 }
 
 // migrateOne applies the migrations up to version to one tenant database.
@@ -189,14 +243,18 @@ func (w *migrateWorker) migrateOne(ctx context.Context, t catalog.MigrationTask,
 
 // tooManyFailures says whether the run must stop: a canary failed, or
 // failures passed the run's ratio.
-func (w *migrateWorker) tooManyFailures(ctx context.Context, id uuid.UUID, batch []catalog.MigrationTask) (bool, string, error) {
+func (w *migrateWorker) tooManyFailures(ctx context.Context, id uuid.UUID) (bool, string, error) {
 	run, err := w.store.GetMigrationRun(ctx, id)
 	if err != nil {
 		return false, "", err
 	}
 	failed, done := run.Tasks["failed"], run.Tasks["done"]
-	if batch[0].Wave == 0 && failed > 0 {
-		return true, fmt.Sprintf("%d canary tenant(s) failed to migrate", failed), nil
+	canaries, err := w.store.FailedCanaries(ctx, id)
+	if err != nil {
+		return false, "", err
+	}
+	if canaries > 0 {
+		return true, fmt.Sprintf("%d canary tenant(s) failed to migrate", canaries), nil
 	}
 	if finished := failed + done; finished >= minSample && float64(failed)/float64(finished) > run.MaxFailureRatio {
 		return true, fmt.Sprintf("%d of %d tenants failed to migrate, more than the ratio %.2f", failed, finished, run.MaxFailureRatio), nil
