@@ -203,7 +203,29 @@ func (s *Store) MigrationTasks(ctx context.Context, run uuid.UUID, state string,
 // still has work as running and returns them; none while an earlier task of
 // that wave is still running elsewhere is fine. A later wave starts only
 // when every earlier one is finished.
-func (s *Store) ClaimMigrationTasks(ctx context.Context, run uuid.UUID, n int) ([]MigrationTask, error) {
+func (s *Store) ClaimMigrationTasks(ctx context.Context, run uuid.UUID, n int) (tasks []MigrationTask, err error) {
+	err = s.InTx(ctx, func(tx *Store) error {
+		tasks, err = tx.claimMigrationTasks(ctx, run, n)
+		return err
+	})
+	return tasks, err
+}
+
+// asyncCommit lets the transaction commit without waiting for its WAL to
+// reach disk. Only for records a crash may lose: a task claimed or
+// finished whose record is lost is simply run again, and migrations are
+// idempotent per version.
+func (s *Store) asyncCommit(ctx context.Context) error {
+	if _, err := s.q.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+		return fmt.Errorf("asynchronous commit: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) claimMigrationTasks(ctx context.Context, run uuid.UUID, n int) ([]MigrationTask, error) {
+	if err := s.asyncCommit(ctx); err != nil {
+		return nil, err
+	}
 	rows, err := s.q.Query(ctx, `
 		WITH wave AS (
 			SELECT min(wave) AS w FROM migration_tasks WHERE run_id = $1 AND state IN ('pending', 'running')
@@ -230,6 +252,9 @@ func (s *Store) ClaimMigrationTasks(ctx context.Context, run uuid.UUID, n int) (
 // database's schema version moves to version in the same transaction.
 func (s *Store) FinishMigrationTask(ctx context.Context, run, database uuid.UUID, version int64, taskErr error) error {
 	return s.InTx(ctx, func(tx *Store) error {
+		if err := tx.asyncCommit(ctx); err != nil {
+			return err
+		}
 		state, msg := "done", ""
 		if taskErr != nil {
 			state, msg = "failed", Truncate(taskErr.Error(), 2000)
