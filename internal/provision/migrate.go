@@ -165,7 +165,7 @@ func (w *migrateWorker) Work(ctx context.Context, job *river.Job[MigrateArgs]) e
 // failure ratio (checked twice a second). It returns how many tasks it
 // claimed.
 func (w *migrateWorker) work(ctx context.Context, run catalog.MigrationRun, ms []catalog.Migration, end time.Time) (int64, error) {
-	var claimed atomic.Int64
+	var claimed, inflight atomic.Int64
 	var halt atomic.Bool
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
@@ -194,13 +194,20 @@ func (w *migrateWorker) work(ctx context.Context, run catalog.MigrationRun, ms [
 		go func() {
 			defer wg.Done()
 			for !halt.Load() && time.Now().Before(end) && ctx.Err() == nil {
+				inflight.Add(1)
 				tasks, err := w.store.ClaimMigrationTasks(ctx, run.ID, 1)
 				if err != nil {
+					inflight.Add(-1)
 					errs[g] = err
 					return
 				}
 				if len(tasks) == 0 {
-					return // this wave has nothing left to start
+					if inflight.Add(-1) == 0 {
+						return // nothing left to start, and nothing in flight that could open the next wave
+					}
+					// The wave's last tasks are in flight: the next wave opens when they end.
+					time.Sleep(20 * time.Millisecond)
+					continue
 				}
 				claimed.Add(1)
 				t := tasks[0]
@@ -209,11 +216,13 @@ func (w *migrateWorker) work(ctx context.Context, run catalog.MigrationRun, ms [
 					w.log.Warn("a tenant database failed to migrate", "run_id", run.ID, "tenant_id", t.TenantID, "database", t.Database, "error", terr)
 				}
 				if ctx.Err() != nil && terr != nil {
+					inflight.Add(-1)
 					return // the job is ending: the task stays running and is reset on resume
 				}
 				rctx, cancel := recordCtx(ctx)
 				err = w.store.FinishMigrationTask(rctx, run.ID, t.DatabaseID, run.TargetVersion, terr)
 				cancel()
+				inflight.Add(-1)
 				if err != nil {
 					errs[g] = err
 					return
