@@ -193,8 +193,8 @@ func TestTrackerRefusesBadInput(t *testing.T) {
 		tenant, method, path, body string
 		status                     int
 	}{
-		{"", "GET", "/api/projects", "", 400},                          // no verified tenant: no database
-		{"not-a-uuid", "GET", "/api/projects", "", 404},                // a tenant that is not one
+		{"", "GET", "/api/projects", "", 400},                         // no verified tenant: no database
+		{"not-a-uuid", "GET", "/api/projects", "", 404},               // a tenant that is not one
 		{"01a24914-dd44-72f7-8f19-668642b236de", "GET", "/", "", 404}, // an unknown tenant
 		{"acme", "POST", "/api/projects", `{"key":"acme","name":"x"}`, 400},
 		{"acme", "POST", "/api/projects", `{"key":"ACME","name":"again"}`, 400},
