@@ -5,6 +5,7 @@ package bench
 
 import (
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"runtime"
@@ -38,6 +39,16 @@ func Summarise(ds []time.Duration) Stats {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// progressf returns a printf to w for a benchmark's progress lines (a no-op
+// when w is nil).
+func progressf(w io.Writer) func(format string, args ...any) {
+	return func(format string, args ...any) {
+		if w != nil {
+			fmt.Fprintf(w, format+"\n", args...)
+		}
+	}
+}
 
 // Machine describes where a benchmark ran.
 type Machine struct {

@@ -45,11 +45,7 @@ type EdgeReport struct {
 // straight to it: one hop, like nginx's.
 func EdgeRouter(ctx context.Context, cfg ProxyConfig) (*EdgeReport, error) {
 	cfg.defaults()
-	say := func(format string, args ...any) {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, format+"\n", args...)
-		}
-	}
+	say := progressf(cfg.Progress)
 	rep := &EdgeReport{Connections: cfg.Connections, BodyBytes: cfg.BodyBytes, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds()}
 	say("starting a control plane, a worker and a shard…")
 	cp, err := startControlPlane(ctx, []server.Role{server.RoleControl, server.RoleWorker})

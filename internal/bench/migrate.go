@@ -62,11 +62,7 @@ func Migrate(ctx context.Context, cfg MigrateConfig) (*MigrateReport, error) {
 	if cfg.Concurrency < 1 || cfg.Concurrency > 256 {
 		return nil, errors.New("--concurrency must be between 1 and 256")
 	}
-	say := func(format string, args ...any) {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, format+"\n", args...)
-		}
-	}
+	say := progressf(cfg.Progress)
 	psql, err := findPsql()
 	if err != nil {
 		return nil, err

@@ -85,11 +85,7 @@ func Provision(ctx context.Context, cfg ProvisionConfig) (*ProvisionReport, erro
 	if cfg.Concurrency < 1 {
 		cfg.Concurrency = 8
 	}
-	say := func(format string, args ...any) {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, format+"\n", args...)
-		}
-	}
+	say := progressf(cfg.Progress)
 	st, err := startStack(ctx, cfg.Exe, cfg.Tenants*3+cfg.Scale+100, say)
 	if err != nil {
 		return nil, err

@@ -96,11 +96,7 @@ type SidecarReport struct {
 // Sidecar runs the sidecar benchmark on a stack of its own.
 func Sidecar(ctx context.Context, cfg ProxyConfig) (*SidecarReport, error) {
 	cfg.defaults()
-	say := func(format string, args ...any) {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, format+"\n", args...)
-		}
-	}
+	say := progressf(cfg.Progress)
 	rep := &SidecarReport{Connections: cfg.Connections, BodyBytes: cfg.BodyBytes, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds()}
 	say("starting a control plane…")
 	cp, err := startControlPlane(ctx, []server.Role{server.RoleControl})

@@ -147,11 +147,7 @@ func Tenantctx(ctx context.Context, cfg TenantctxConfig) (*TenantctxReport, erro
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	say := func(format string, args ...any) {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, format+"\n", args...)
-		}
-	}
+	say := progressf(cfg.Progress)
 	rep := &TenantctxReport{Tenants: cfg.Tenants, Cores: runtime.GOMAXPROCS(0), CacheSize: cfg.Tenants / 10,
 		Concurrent: cfg.Concurrent, Caches: cfg.Caches, Changes: cfg.Changes}
 	syn := newSynthetic(cfg.Tenants)

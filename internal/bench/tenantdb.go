@@ -112,11 +112,7 @@ func TenantDB(ctx context.Context, cfg TenantDBConfig) (*TenantDBReport, error) 
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	say := func(format string, args ...any) {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, format+"\n", args...)
-		}
-	}
+	say := progressf(cfg.Progress)
 	rep := &TenantDBReport{Tenants: cfg.Tenants, Shards: cfg.Shards, Workers: cfg.Workers, Cap: cfg.Cap,
 		MaxConnections: cfg.MaxConnections, Zipf: cfg.Zipf, Seconds: cfg.Duration.Seconds()}
 	dir, err := os.MkdirTemp("", "plinth-bench-")
