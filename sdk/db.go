@@ -138,9 +138,11 @@ func (t *borrowedTx) Rollback(ctx context.Context) error {
 
 // WriteError answers a request with the RFC 9457 problem for err: the
 // errors of this package get their own status and code, pgx.ErrNoRows is a
-// 404, a wait for a connection that timed out a 503, anything else a 500
-// (without its text, which may hold what a client should not see).
+// 404, BadRequest a 400, a wait for a connection that timed out a 503,
+// anything else a 500 (without its text, which may hold what a client
+// should not see).
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	var bad badRequest
 	p := &problem.Problem{Status: http.StatusInternalServerError, Code: "internal", Detail: "the request failed"}
 	switch {
 	case errors.Is(err, ErrNoTenant):
@@ -158,8 +160,18 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		p = &problem.Problem{Status: http.StatusNotFound, Code: "not_found", Detail: "no such resource"}
 	case errors.Is(err, ari.ErrInvalid):
 		p = &problem.Problem{Status: http.StatusBadRequest, Code: "invalid_ari", Detail: err.Error()}
+	case errors.As(err, &bad):
+		p = &problem.Problem{Status: http.StatusBadRequest, Code: "invalid_request", Detail: string(bad)}
 	case errors.Is(err, pgx.ErrNoRows):
 		p = &problem.Problem{Status: http.StatusNotFound, Code: "not_found", Detail: "no such resource"}
 	}
 	problem.Write(w, r, p)
 }
+
+// BadRequest returns an error WriteError answers with 400 and this detail,
+// for input a handler refuses.
+func BadRequest(detail string) error { return badRequest(detail) }
+
+type badRequest string
+
+func (e badRequest) Error() string { return string(e) }

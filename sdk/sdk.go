@@ -54,12 +54,13 @@ import (
 
 // Config configures an App. FromEnv reads it from PLINTH_* variables.
 type Config struct {
-	// Service is this service's name (PLINTH_SERVICE).
+	// Service is this service's name (PLINTH_SERVICE; default: Product).
 	Service string
 	// Product is the product whose tenant databases this service uses
 	// (PLINTH_PRODUCT).
 	Product string
-	// ControlURL is the control plane (PLINTH_CONTROL_URL); Credential is
+	// ControlURL is the control plane (PLINTH_CONTROL_URL, or PLINTH_URL as
+	// the CLI and the sidecar name it); Credential is
 	// the service's registration credential (PLINTH_SERVICE_CREDENTIAL),
 	// with which it reads tenant contexts.
 	ControlURL, Credential string
@@ -96,7 +97,7 @@ type Config struct {
 func FromEnv() (Config, error) {
 	cfg := Config{
 		Service: os.Getenv("PLINTH_SERVICE"), Product: os.Getenv("PLINTH_PRODUCT"),
-		ControlURL: os.Getenv("PLINTH_CONTROL_URL"), Credential: os.Getenv("PLINTH_SERVICE_CREDENTIAL"),
+		ControlURL: cmp.Or(os.Getenv("PLINTH_CONTROL_URL"), os.Getenv("PLINTH_URL")), Credential: os.Getenv("PLINTH_SERVICE_CREDENTIAL"),
 		Listen: os.Getenv("PLINTH_LISTEN"), Admin: os.Getenv("PLINTH_ADMIN"), Egress: os.Getenv("PLINTH_EGRESS"),
 		DBUser: os.Getenv("PLINTH_DB_USER"), DBPassword: os.Getenv("PLINTH_DB_PASSWORD"),
 		VerifyTokens: os.Getenv("PLINTH_VERIFY_TOKENS") == "1",
@@ -138,6 +139,7 @@ func New(cfg Config) (*App, error) {
 	case cfg.VerifyTokens && (cfg.Service == "" || len(cfg.AllowedCallers) == 0):
 		return nil, errors.New("sdk: verifying tokens needs Service and AllowedCallers")
 	}
+	cfg.Service = cmp.Or(cfg.Service, cfg.Product) // a product of one service names it so
 	cfg.Listen = cmp.Or(cfg.Listen, "127.0.0.1:8081")
 	cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.NewJSONHandler(os.Stderr, nil)))
 	a := &App{cfg: cfg, log: cfg.Logger, metrics: prometheus.NewRegistry(), done: make(chan struct{})}

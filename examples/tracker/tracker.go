@@ -86,34 +86,17 @@ func Handler(*sdk.App) (http.Handler, error) {
 	return mux, nil
 }
 
-// errBad is a request the tracker refuses (400).
-type errBad string
-
-func (e errBad) Error() string { return string(e) }
-
-func writeErr(w http.ResponseWriter, r *http.Request, err error) {
-	var bad errBad
-	if errors.As(err, &bad) {
-		w.Header().Set("Content-Type", "application/problem+json")
-		w.WriteHeader(http.StatusBadRequest)
-		_ = json.NewEncoder(w).Encode(map[string]any{"type": "about:blank", "title": "Bad Request", "status": 400,
-			"code": "invalid_request", "detail": string(bad)})
-		return
-	}
-	sdk.WriteError(w, r, err)
-}
-
 // api runs a JSON handler: its result is the response body.
 func api(h func(r *http.Request, db *sdk.TenantDB) (int, any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		db, err := sdk.DB(r.Context())
 		if err != nil {
-			writeErr(w, r, err)
+			sdk.WriteError(w, r, err)
 			return
 		}
 		status, v, err := h(r, db)
 		if err != nil {
-			writeErr(w, r, err)
+			sdk.WriteError(w, r, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -126,13 +109,13 @@ func api(h func(r *http.Request, db *sdk.TenantDB) (int, any, error)) http.Handl
 func decode(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return errBad("the body must be application/json")
+			return sdk.BadRequest("the body must be application/json")
 		}
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return errBad("the body is not valid JSON for this request: " + err.Error())
+		return sdk.BadRequest("the body is not valid JSON for this request: " + err.Error())
 	}
 	return nil
 }
@@ -144,7 +127,7 @@ var (
 
 func checkLen(what, s string, lo, hi int) error {
 	if n := len([]rune(s)); n < lo || n > hi {
-		return errBad(fmt.Sprintf("%s must be %d to %d characters", what, lo, hi))
+		return sdk.BadRequest(fmt.Sprintf("%s must be %d to %d characters", what, lo, hi))
 	}
 	return nil
 }
@@ -193,7 +176,7 @@ type newProject struct {
 
 func (p newProject) insert(ctx context.Context, db *sdk.TenantDB) (Project, error) {
 	if !keyPattern.MatchString(p.Key) {
-		return Project{}, errBad("key must be 2 to 10 capital letters and digits, starting with a letter")
+		return Project{}, sdk.BadRequest("key must be 2 to 10 capital letters and digits, starting with a letter")
 	}
 	if err := checkLen("name", p.Name, 1, 100); err != nil {
 		return Project{}, err
@@ -202,7 +185,7 @@ func (p newProject) insert(ctx context.Context, db *sdk.TenantDB) (Project, erro
 	err := db.QueryRow(ctx, `INSERT INTO projects (key, name) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING id, created_at`,
 		p.Key, p.Name).Scan(&out.ID, &out.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Project{}, errBad("a project with key " + p.Key + " exists")
+		return Project{}, sdk.BadRequest("a project with key " + p.Key + " exists")
 	}
 	out.ARI = ari(ctx, "project", out.ID)
 	return out, err
@@ -296,7 +279,7 @@ func (c issueChange) apply(ctx context.Context, db *sdk.TenantDB, id int64) (Iss
 		}
 	}
 	if c.Status != nil && !statuses[*c.Status] {
-		return Issue{}, errBad("status must be open, in_progress or done")
+		return Issue{}, sdk.BadRequest("status must be open, in_progress or done")
 	}
 	if c.Assignee != nil {
 		if err := checkLen("assignee", *c.Assignee, 0, 100); err != nil {
@@ -434,12 +417,12 @@ func page(h func(r *http.Request, db *sdk.TenantDB) (string, view, error)) http.
 	return func(w http.ResponseWriter, r *http.Request) {
 		db, err := sdk.DB(r.Context())
 		if err != nil {
-			writeErr(w, r, err)
+			sdk.WriteError(w, r, err)
 			return
 		}
 		name, v, err := h(r, db)
 		if err != nil {
-			writeErr(w, r, err)
+			sdk.WriteError(w, r, err)
 			return
 		}
 		t, _ := sdk.Tenant(r.Context())
@@ -454,17 +437,17 @@ func form(h func(r *http.Request, db *sdk.TenantDB) (string, error)) http.Handle
 	return func(w http.ResponseWriter, r *http.Request) {
 		db, err := sdk.DB(r.Context())
 		if err != nil {
-			writeErr(w, r, err)
+			sdk.WriteError(w, r, err)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		if err := r.ParseForm(); err != nil {
-			writeErr(w, r, errBad("the form could not be read"))
+			sdk.WriteError(w, r, sdk.BadRequest("the form could not be read"))
 			return
 		}
 		to, err := h(r, db)
 		if err != nil {
-			writeErr(w, r, err)
+			sdk.WriteError(w, r, err)
 			return
 		}
 		http.Redirect(w, r, to, http.StatusSeeOther)

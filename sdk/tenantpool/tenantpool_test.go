@@ -209,7 +209,8 @@ func TestIdleTenantsHoldNothing(t *testing.T) {
 	t.Parallel()
 	ctx := testkit.Context(t, time.Minute)
 	f := newFleet(t, 5)
-	m := newManager(t, f, tenantpool.Config{ShardCap: 10, IdleTimeout: 100 * time.Millisecond})
+	// Long enough that the uses below finish inside it on a loaded machine.
+	m := newManager(t, f, tenantpool.Config{ShardCap: 10, IdleTimeout: 3 * time.Second})
 	for _, k := range f.keys {
 		if err := use(ctx, m, k, 0); err != nil {
 			t.Fatal(err)
