@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -218,14 +219,16 @@ func TestDevStackFlow(t *testing.T) {
 	if !strings.Contains(out.String(), "tenant create acme --wait") {
 		t.Fatalf("the banner does not show how to create a tenant:\n%s", out)
 	}
-	got, err := run("tenant", "create", "acme", "--wait", "-o", "json")
+	got, err := run("tenant", "create", "acme", "--product", "tracker", "--product", "notes", "--wait", "-o", "json")
 	if err != nil {
 		t.Fatalf("tenant create: %v\n%s", err, got)
 	}
 	var created api.TenantResponse
 	must(t, json.Unmarshal([]byte(got), &created))
 	inst := created.Tenant.Installations
-	if created.Tenant.State != catalog.StateActive || len(inst) != 1 || inst[0].Product != devstack.SampleProduct || inst[0].Database == "" {
+	slices.SortFunc(inst, func(a, b catalog.Installation) int { return strings.Compare(a.Product, b.Product) })
+	if created.Tenant.State != catalog.StateActive || len(inst) != 2 || inst[0].Product != devstack.SampleProduct ||
+		inst[1].Product != devstack.DefaultProduct || inst[0].Database == "" || inst[1].Database == "" {
 		t.Fatalf("created tenant: %s", got)
 	}
 	st, err := devstack.ReadState(home)
@@ -260,23 +263,18 @@ func TestDevStackFlow(t *testing.T) {
 	// suspended tenant is refused soon after, and served again on resume.
 	st, err = devstack.ReadState(home)
 	must(t, err)
-	viaEdge := func(host string) (int, string) {
-		req, _ := http.NewRequestWithContext(ctx, "GET", st.EdgeURL+"/notes", nil)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
-	}
+	viaEdge := func(host string) (int, string) { return edgeDo(t, ctx, st.EdgeURL, host, "GET", "/notes", "", nil) }
 	if code, body := viaEdge("ACME.plinth.localhost."); code != 200 || !strings.Contains(body, `"tenant":"acme"`) || !strings.Contains(body, "first note") {
 		t.Fatalf("through the edge: %d %s", code, body)
 	}
 	if code, body := viaEdge("nobody.plinth.localhost"); code != 404 || !strings.Contains(body, "tenant_not_found") {
 		t.Fatalf("an unknown tenant through the edge: %d %s", code, body)
 	}
+	trackerThroughTheEdge(t, ctx, run, st.EdgeURL, created.Tenant.ID.String())
+	if got, err := run("dev", "call", "tracker", "/api/projects", "--tenant", "acme"); err != nil || !strings.Contains(got, `"key":"ACME"`) {
+		t.Fatalf("dev call tracker: %v\n%s", err, got)
+	}
+
 	if got, err := run("tenant", "suspend", "acme", "--reason", "e2e"); err != nil {
 		t.Fatalf("suspend: %v\n%s", err, got)
 	}
@@ -312,7 +310,7 @@ func TestDevStackFlow(t *testing.T) {
 	if !strings.Contains(out.String(), "Adopted Postgres") {
 		t.Fatalf("after kill -9 the next start did not adopt the clusters:\n%s", out)
 	}
-	if got, err := run("tenant", "create", "globex", "--wait"); err != nil {
+	if got, err := run("tenant", "create", "initech", "--wait"); err != nil {
 		t.Fatalf("tenant create after adoption: %v\n%s", err, got)
 	}
 	must(t, dev.Process.Signal(os.Interrupt))
@@ -387,5 +385,104 @@ func TestBenchSidecarSmoke(t *testing.T) {
 	}
 	if strings.Contains(string(out), "errors or non-2xx") {
 		t.Errorf("requests failed during the benchmark:\n%s", out)
+	}
+}
+
+// edgeDo sends one request to the edge as the tenant Host names.
+func edgeDo(t *testing.T, ctx context.Context, edgeURL, host, method, path, body string, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, edgeURL+path, strings.NewReader(body))
+	must(t, err)
+	req.Host = host
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if body != "" && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// trackerThroughTheEdge is the issue tracker's flow as users see it: acme
+// (already created) and globex (created here with the CLI, so with the
+// default product only) each make issues through the edge, and neither can
+// read, list, update, comment on or resolve by ARI the other's, whatever
+// IDs, ARIs or headers it crafts.
+func trackerThroughTheEdge(t *testing.T, ctx context.Context, run func(...string) (string, error), edgeURL, acmeID string) {
+	t.Helper()
+	got, err := run("tenant", "create", "globex", "--wait", "-o", "json")
+	if err != nil {
+		t.Fatalf("tenant create globex: %v\n%s", err, got)
+	}
+	var globex api.TenantResponse
+	must(t, json.Unmarshal([]byte(got), &globex))
+	if in := globex.Tenant.Installations; len(in) != 1 || in[0].Product != devstack.DefaultProduct {
+		t.Fatalf("globex's installations (want the default product only): %s", got)
+	}
+	globexID := globex.Tenant.ID.String()
+	as := func(slug, method, path, body string, want int) string {
+		t.Helper()
+		code, b := edgeDo(t, ctx, edgeURL, slug+".plinth.localhost", method, path, body, nil)
+		if code != want {
+			t.Fatalf("%s %s %s as %s through the edge: %d %s, want %d", method, path, body, slug, code, b, want)
+		}
+		return b
+	}
+	ariOf := func(b string) string {
+		var is struct{ ARI string }
+		must(t, json.Unmarshal([]byte(b), &is))
+		return is.ARI
+	}
+	if b := as("globex", "GET", "/api/projects", "", 200); !strings.Contains(b, `"items":[]`) {
+		t.Fatalf("a new tenant's tracker is not empty: %s", b)
+	}
+	as("acme", "POST", "/api/projects", `{"key":"ACME","name":"Acme roadmap"}`, 201)
+	acmeARI := ariOf(as("acme", "POST", "/api/projects/ACME/issues", `{"title":"acme secret plan"}`, 201))
+	as("acme", "POST", "/api/projects/ACME/issues", `{"title":"acme second"}`, 201)
+	as("globex", "POST", "/api/projects", `{"key":"GLOB","name":"Globex"}`, 201)
+	globexARI := ariOf(as("globex", "POST", "/api/projects/GLOB/issues", `{"title":"globex own"}`, 201))
+	if !strings.Contains(acmeARI, acmeID) || !strings.Contains(globexARI, globexID) {
+		t.Fatalf("ARIs do not name their tenants: %s %s", acmeARI, globexARI)
+	}
+	if b := as("acme", "GET", "/p/ACME", "", 200); !strings.Contains(b, "acme secret plan") || !strings.Contains(b, "<html") {
+		t.Fatalf("acme's project page through the edge: %s", b)
+	}
+	crafted := strings.Replace(acmeARI, acmeID, globexID, 1) // acme's issue number, globex's tenant
+	for _, tt := range []struct {
+		who, method, path, body string
+		status                  int
+		mustNot                 string
+		header                  http.Header
+	}{
+		{"globex", "GET", "/api/projects", "", 200, "ACME", nil},
+		{"globex", "GET", "/api/projects/ACME/issues", "", 200, "acme", nil},
+		{"globex", "GET", "/api/issues/2", "", 404, "acme second", nil},
+		{"globex", "PATCH", "/api/issues/2", `{"status":"done"}`, 404, "", nil},
+		{"globex", "POST", "/api/issues/2/comments", `{"body":"x"}`, 404, "", nil},
+		{"globex", "GET", "/api/resolve?ari=" + url.QueryEscape(acmeARI), "", 404, "acme", nil},
+		{"globex", "GET", "/api/resolve?ari=" + url.QueryEscape(crafted), "", 200, "acme", nil},
+		{"globex", "GET", "/p/ACME", "", 404, "acme", nil},
+		{"globex", "GET", "/i/2", "", 404, "acme second", nil},
+		// A client's own tenant header is stripped: globex stays globex.
+		{"globex", "GET", "/api/issues/2", "", 404, "acme second", http.Header{"Plinth-Tenant-Id": {acmeID}}},
+		{"acme", "GET", "/api/resolve?ari=" + url.QueryEscape(globexARI), "", 404, "globex", nil},
+		{"acme", "GET", "/p/GLOB", "", 404, "globex", nil},
+		{"acme", "GET", "/api/projects", "", 200, "GLOB", http.Header{"Plinth-Tenant-Id": {globexID}}},
+	} {
+		code, b := edgeDo(t, ctx, edgeURL, tt.who+".plinth.localhost", tt.method, tt.path, tt.body, tt.header)
+		if code != tt.status || (tt.mustNot != "" && strings.Contains(b, tt.mustNot)) {
+			t.Errorf("%s %s %s as %s through the edge: %d %s (want %d, never %q)", tt.method, tt.path, tt.body, tt.who, code, b, tt.status, tt.mustNot)
+		}
+	}
+	// acme's issue is untouched.
+	if b := as("acme", "GET", "/api/issues/2", "", 200); !strings.Contains(b, `"status":"open"`) {
+		t.Fatalf("acme's second issue after globex's attempts: %s", b)
 	}
 }

@@ -363,6 +363,9 @@ product's latest run.`,
 			}
 			switch resp.Run.State {
 			case catalog.RunSucceeded:
+				if resp.Run.Total == 0 && g.output != "json" {
+					fmt.Printf("\nEvery %s database was at version %d already: nothing to do.\n", resp.Run.Product, resp.Run.TargetVersion)
+				}
 				return nil
 			case catalog.RunPaused:
 				return fmt.Errorf("the run was paused; resume it with: plinth product migrate %s --resume", args[0])

@@ -21,6 +21,7 @@ import (
 	"github.com/plinth-platform/plinth/internal/auth"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/devstack"
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 	"github.com/plinth-platform/plinth/internal/provision"
 	"github.com/plinth-platform/plinth/internal/ratelimit"
 	"github.com/plinth-platform/plinth/internal/server"
@@ -35,7 +36,8 @@ func devCmd(g *globals) *cobra.Command {
 		Short: "Run the whole platform on this machine with embedded defaults",
 		Long: `Run Plinth on this machine: a control database and shard clusters made
 with the installed PostgreSQL server binaries (initdb, pg_ctl), the control
-API, a worker, and the sample product "notes". State (clusters, ports, the
+API, a worker, an edge, and the reference product "tracker" (the default
+product, examples/tracker) with the smaller sample "notes". State (clusters, ports, the
 admin token) lives in PLINTH_HOME (default ./.plinth) and is reused by the
 next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 		Args: cobra.NoArgs,
@@ -53,7 +55,7 @@ next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 	cmd.Flags().BoolVar(&cfg.Reset, "reset", false, "wipe PLINTH_HOME first")
 	cmd.Flags().StringVar(&cfg.Listen, "listen", devstack.ListenDefault, "control API address")
 	cmd.Flags().StringVar(&cfg.EdgeListen, "edge-listen", devstack.EdgeListenDefault, "address of the first region's edge")
-	cmd.Flags().IntVar(&cfg.WarmPool, "warm-pool", devstack.WarmPoolDefault, "warm databases of the sample product per shard")
+	cmd.Flags().IntVar(&cfg.WarmPool, "warm-pool", devstack.WarmPoolDefault, "warm databases of the default product per shard")
 	cmd.AddCommand(devPsqlCmd(g), devCallCmd(g), devEnvCmd(g))
 	return cmd
 }
@@ -61,7 +63,7 @@ next start. Set PLINTH_DATABASE_URL to use an existing control database.`,
 func devEnvCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "env",
-		Short: "Print shell exports for the local fleet: the API, its token, and where the sample services listen",
+		Short: "Print shell exports for the local fleet: the API, its token, the shards' login, and where the sample services listen",
 		Example: `  eval "$(plinth dev env)"
   curl -s http://$PLINTH_DEV_EGRESS/echo/hello`,
 		Args: cobra.NoArgs,
@@ -75,10 +77,12 @@ func devEnvCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Printf("export PLINTH_URL=%s\nexport PLINTH_TOKEN=%s\n", st.APIURL, token)
+			// The login on the local shards, for services on the SDK.
+			fmt.Printf("export PLINTH_DB_USER=%s\nexport PLINTH_DB_PASSWORD=%s\n", localpg.Superuser, st.Password)
 			if s, ok := st.Samples[devstack.DevCaller]; ok {
 				fmt.Printf("export PLINTH_DEV_EGRESS=%s\n", s.Egress)
 			}
-			for _, name := range []string{"notes", "echo"} {
+			for _, name := range []string{"tracker", "notes", "echo"} {
 				if s, ok := st.Samples[name]; ok {
 					fmt.Printf("export PLINTH_%s_INGRESS=%s\n", strings.ToUpper(name), s.Ingress)
 				}
@@ -96,7 +100,8 @@ func devCallCmd(g *globals) *cobra.Command {
 		Long: `Send a request to a service the way another service would: through the
 plinth-dev sidecar, which mints a token, finds the service and forwards to
 its sidecar, which verifies the token before the service sees the request.`,
-		Example: `  plinth dev call notes /notes --tenant acme
+		Example: `  plinth dev call tracker /api/projects --tenant acme
+  plinth dev call notes /notes --tenant acme
   plinth dev call notes /notes --tenant acme -d '{"body": "hello"}'
   plinth dev call notes /echo --tenant acme`,
 		Args: cobra.ExactArgs(2),

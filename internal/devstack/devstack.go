@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plinth-platform/plinth/examples/tracker"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/domainproof"
 	"github.com/plinth-platform/plinth/internal/edge"
@@ -38,8 +39,12 @@ import (
 //go:embed notes/*.sql
 var notesFS embed.FS
 
-// SampleProduct is the product `plinth dev` registers so the stack is usable
-// at once.
+// DefaultProduct is the product `plinth dev` gives every new tenant: the
+// reference issue tracker (examples/tracker).
+const DefaultProduct = tracker.Product
+
+// SampleProduct is the smaller sample product, notes, for tenants created
+// with --product notes; its service calls echo through the sidecars.
 const SampleProduct = "notes"
 
 // Defaults.
@@ -154,7 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register the sample services: %w", err)
 	}
-	smp, err := startSamples(ctx, store, st.APIURL, creds, logger)
+	smp, err := startSamples(ctx, store, st.APIURL, creds, st.Password, logger)
 	if err != nil {
 		return err
 	}
@@ -396,20 +401,42 @@ func seed(ctx context.Context, store *catalog.Store, st State, shards []*localpg
 			return err
 		}
 	}
-	sub, err := fs.Sub(notesFS, "notes")
+	notes, err := fs.Sub(notesFS, "notes")
 	if err != nil {
 		return err
 	}
-	ms, err := catalog.ReadMigrations(sub)
+	trackerMigrations, err := fs.Sub(tracker.Migrations, "migrations")
 	if err != nil {
 		return err
 	}
-	params := catalog.RegisterProductParams{Name: SampleProduct, Migrations: ms, Default: true}
-	if _, err := store.GetProduct(ctx, SampleProduct); catalog.IsCode(err, "product_not_found") {
-		params.WarmPoolSize = &warmPool // only for a new product: keep what the operator set since
-	}
-	if _, _, err := store.RegisterProduct(ctx, params); err != nil {
-		return fmt.Errorf("register %s: %w", SampleProduct, err)
+	// The tracker is the default product (a tenant created without
+	// --product gets it); notes is there for tenants that ask for it.
+	for _, p := range []struct {
+		name       string
+		migrations fs.FS
+		isDefault  bool
+		warm       int
+	}{
+		{SampleProduct, notes, false, 0},
+		{DefaultProduct, trackerMigrations, true, warmPool},
+	} {
+		ms, err := catalog.ReadMigrations(p.migrations)
+		if err != nil {
+			return err
+		}
+		params := catalog.RegisterProductParams{Name: p.name, Migrations: ms, Default: p.isDefault}
+		cur, err := store.GetProduct(ctx, p.name)
+		switch {
+		case catalog.IsCode(err, "product_not_found"):
+			params.WarmPoolSize = &p.warm // only for a new product: keep what the operator set since
+		case err != nil:
+			return err
+		case len(ms) > 0 && cur.CurrentVersion >= ms[len(ms)-1].Version:
+			continue // registered before, perhaps with migrations added since: leave it as it is
+		}
+		if _, _, err := store.RegisterProduct(ctx, params); err != nil {
+			return fmt.Errorf("register %s: %w", p.name, err)
+		}
 	}
 	return nil
 }
@@ -423,6 +450,7 @@ func printBanner(cfg Config, home string, st State, token string, took time.Dura
 	if st.Control != nil {
 		control = fmt.Sprintf("127.0.0.1:%d, database plinth", st.Control.Port)
 	}
+	_, edgePort, _ := net.SplitHostPort(strings.TrimPrefix(st.EdgeURL, "http://"))
 	fmt.Fprintf(cfg.Out, `
 Plinth is running (started in %.1fs; state in %s)
 
@@ -431,21 +459,23 @@ Plinth is running (started in %.1fs; state in %s)
   Admin token    %s
   Control DB     %s
   Shards         %s
-  Product        %s (default)
+  Products       %s (default), %s
   Edge           %s (tenants at <slug>.%s)
-  Services       notes: sidecar http://%s, echo: sidecar http://%s (each only through its sidecar)
+  Services       tracker: sidecar http://%s, notes: sidecar http://%s, echo: sidecar http://%s
   Logs           %s
 
 Create a first tenant in another terminal (it finds the API and token in %s),
-then reach the notes service as that tenant through the edge:
+then open its issue tracker through the edge, in a browser or with curl:
 
   %s tenant create acme --wait
-  curl -H 'Host: acme.%s' %s/notes -d '{"body": "hello"}'
+  open http://acme.%s:%s/
+  curl -H 'Host: acme.%s' -H 'Content-Type: application/json' %s/api/projects -d '{"key": "WEB", "name": "Website"}'
 
 Press Ctrl-C to stop; the next start reuses everything (--reset wipes it).
 `, took.Seconds(), home, st.APIURL, st.APIURL, token, control, strings.Join(shards, ", "),
-		SampleProduct, st.EdgeURL, edge.BaseDomainDefault, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress,
-		filepath.Join(home, logFile), cfg.Home, cfg.Command, edge.BaseDomainDefault, st.EdgeURL)
+		DefaultProduct, SampleProduct, st.EdgeURL, edge.BaseDomainDefault,
+		st.Samples["tracker"].Ingress, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress,
+		filepath.Join(home, logFile), cfg.Home, cfg.Command, edge.BaseDomainDefault, edgePort, edge.BaseDomainDefault, st.EdgeURL)
 }
 
 func newToken() string {

@@ -18,16 +18,22 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/plinth-platform/plinth/examples/tracker"
 	"github.com/plinth-platform/plinth/internal/api"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/fleet"
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 	"github.com/plinth-platform/plinth/internal/problem"
 	"github.com/plinth-platform/plinth/internal/sidecar"
+	"github.com/plinth-platform/plinth/sdk"
 )
 
 // The sample services plinth dev runs, each behind its own sidecar, and who
 // may call them. plinth-dev is the identity `plinth dev call` speaks as.
 var sampleServices = []catalog.ServiceParams{
+	// The tracker takes every path the others do not (the edge picks the
+	// longest matching prefix).
+	{Name: "tracker", AllowedCallers: []string{"edge", DevCaller}, Routes: []string{"/"}, Product: tracker.Product},
 	{Name: "notes", AllowedCallers: []string{"edge", DevCaller}, Routes: []string{"/notes", "/echo"}, Product: SampleProduct},
 	{Name: "echo", AllowedCallers: []string{"notes", DevCaller}},
 	{Name: DevCaller, AllowedCallers: []string{}},
@@ -51,6 +57,7 @@ type samples struct {
 	sidecars []*sidecar.Sidecar
 	apps     []*http.Server
 	notes    *notesApp
+	tracker  *sdk.App
 	where    map[string]Sample
 }
 
@@ -93,9 +100,11 @@ func ensureServices(ctx context.Context, store *catalog.Store, home string) (map
 	return creds, os.WriteFile(path, append(data, '\n'), 0o600)
 }
 
-// startSamples starts the notes and echo services and the sidecars of
-// notes, echo and plinth-dev.
-func startSamples(ctx context.Context, store *catalog.Store, controlURL string, creds map[string]string, logger *slog.Logger) (_ *samples, err error) {
+// startSamples starts the tracker, notes and echo services and the sidecars
+// of each and of plinth-dev. The tracker is a product like any other, on
+// the SDK alone; it runs in this process only so that plinth dev stays one
+// command. dbPassword is the shards' superuser password.
+func startSamples(ctx context.Context, store *catalog.Store, controlURL string, creds map[string]string, dbPassword string, logger *slog.Logger) (_ *samples, err error) {
 	s := &samples{where: map[string]Sample{}, notes: &notesApp{store: store, pools: fleet.NewPools(), dbs: map[uuid.UUID]*pgxpool.Pool{}}}
 	defer func() {
 		if err != nil {
@@ -132,6 +141,25 @@ func startSamples(ctx context.Context, store *catalog.Store, controlURL string, 
 	if _, err := start("echo", echoURL); err != nil {
 		return nil, err
 	}
+	s.tracker, err = sdk.New(sdk.Config{Service: "tracker", Product: tracker.Product, ControlURL: controlURL,
+		Credential: creds["tracker"], DBUser: localpg.Superuser, DBPassword: dbPassword, Logger: logger.With("service", "tracker")})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.tracker.Start(ctx); err != nil {
+		return nil, err
+	}
+	th, err := tracker.Handler(s.tracker)
+	if err != nil {
+		return nil, err
+	}
+	trackerURL, err := serve(s.tracker.Handler(th))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := start("tracker", trackerURL); err != nil {
+		return nil, err
+	}
 	notesURL, err := serve(s.notes.handler())
 	if err != nil {
 		return nil, err
@@ -162,6 +190,9 @@ func (s *samples) stop() {
 		_ = a.Shutdown(ctx)
 	}
 	s.notes.close()
+	if s.tracker != nil {
+		s.tracker.Close()
+	}
 }
 
 // echo answers with what it was asked and who asked, as its sidecar told it.
