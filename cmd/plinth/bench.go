@@ -243,6 +243,7 @@ idle tenants hold once the manager's idle timeout passed.`,
 	cmd.Flags().IntVar(&cfg.Cap, "cap", 40, "connections per shard for (a) and (c)")
 	cmd.Flags().IntVar(&cfg.MaxConnections, "max-connections", 100, "each shard's max_connections")
 	cmd.Flags().IntVar(&cfg.Share, "share", 0, "the manager's per-tenant share of a shard's cap (0: a quarter of the cap)")
+	cmd.Flags().DurationVar(&cfg.Affinity, "affinity", 0, "how long others may wait while a tenant hands connections to its own waiters (0: the manager's default, 1s)")
 	cmd.Flags().Float64Var(&cfg.Zipf, "zipf", 1.1, "Zipf exponent of the tenants' popularity")
 	cmd.Flags().DurationVar(&cfg.Duration, "duration", 10*time.Second, "length of each run")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")

@@ -440,6 +440,12 @@ func trackerThroughTheEdge(t *testing.T, ctx context.Context, run func(...string
 		must(t, json.Unmarshal([]byte(b), &is))
 		return is.ARI
 	}
+	// The edge learns of a new tenant from the change feed, a moment after
+	// it is active.
+	testkit.Eventually(t, 30*time.Second, "the edge to serve globex", func() (bool, error) {
+		code, b := edgeDo(t, ctx, edgeURL, "globex.plinth.localhost", "GET", "/api/projects", "", nil)
+		return code == 200, fmt.Errorf("%d %s", code, b)
+	})
 	if b := as("globex", "GET", "/api/projects", "", 200); !strings.Contains(b, `"items":[]`) {
 		t.Fatalf("a new tenant's tracker is not empty: %s", b)
 	}

@@ -30,6 +30,8 @@ type TenantDBConfig struct {
 	Tenants, Shards, Workers, Cap int
 	// Share is the manager's TenantShare (0: its default).
 	Share int
+	// Affinity is the manager's Affinity (0: its default).
+	Affinity time.Duration
 	// MaxConnections is each shard's max_connections.
 	MaxConnections int
 	Zipf           float64
@@ -232,7 +234,7 @@ func TenantDB(ctx context.Context, cfg TenantDBConfig) (*TenantDBReport, error) 
 	// (a) Plinth's connection manager.
 	say("(a) Plinth's connection manager, cap %d per shard, %s…", cfg.Cap, cfg.Duration)
 	var connectNS atomic.Int64
-	m := tenantpool.New(tenantpool.Config{ShardCap: cfg.Cap, TenantShare: cfg.Share, IdleTimeout: 2 * time.Second, AcquireTimeout: 30 * time.Second,
+	m := tenantpool.New(tenantpool.Config{ShardCap: cfg.Cap, TenantShare: cfg.Share, Affinity: cfg.Affinity, IdleTimeout: 2 * time.Second, AcquireTimeout: 30 * time.Second,
 		Connect: func(ctx context.Context, key tenantpool.Key) (*pgx.Conn, error) {
 			c, err := connCfg(key)
 			if err != nil {
