@@ -47,6 +47,10 @@ type Cluster struct {
 	Settings map[string]string
 	// BinDir holds initdb and pg_ctl; FindBinDir when empty.
 	BinDir string
+	// SocketDir, when set, is where the server also listens on a Unix
+	// socket, reachable only by its OS user (pgBackRest connects through
+	// one). Keep the path short: a socket path has at most 107 bytes.
+	SocketDir string
 }
 
 // FindBinDir locates the PostgreSQL server binaries: $PLINTH_PG_BIN, then
@@ -107,6 +111,9 @@ func FreePort() (int, error) {
 }
 
 func (c *Cluster) dataDir() string { return filepath.Join(c.Dir, "data") }
+
+// DataDir is the cluster's data directory.
+func (c *Cluster) DataDir() string { return c.dataDir() }
 
 // LogPath is the server's log file.
 func (c *Cluster) LogPath() string { return filepath.Join(c.Dir, "postgres.log") }
@@ -205,6 +212,16 @@ func (c *Cluster) writeConfig(cred *syscall.Credential) error {
 		"port":                    strconv.Itoa(c.Port),
 		"listen_addresses":        "'127.0.0.1'",
 		"unix_socket_directories": "''",
+	}
+	if c.SocketDir != "" {
+		if err := os.MkdirAll(c.SocketDir, 0o700); err != nil {
+			return fmt.Errorf("create socket directory: %w", err)
+		}
+		if err := chown(c.SocketDir, cred); err != nil {
+			return err
+		}
+		settings["unix_socket_directories"] = "'" + c.SocketDir + "'"
+		settings["unix_socket_permissions"] = "0700"
 	}
 	for k, v := range c.Settings {
 		settings[k] = v

@@ -1,0 +1,293 @@
+// Package backup drives pgBackRest for the shards Plinth runs: one stanza
+// per shard in an encrypted, compressed repository, continuous WAL
+// archiving, full, differential and incremental backups, and the restore
+// of a single tenant database of a shard to a point in time into a scratch
+// data directory. pgBackRest does the physical work; Plinth writes its
+// configuration, keeps its key and runs it as the shard's OS user.
+//
+// The repository key lives only in the configuration file (mode 0600, owned
+// by that user), never on a command line or in a log, so that the server's
+// archive_command can read it without it showing up in a process listing.
+package backup
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config configures pgBackRest for a set of shards.
+type Config struct {
+	// Home holds the configuration file and pgBackRest's lock and log
+	// directories (so that parallel Plinths and tests never share them).
+	Home string
+	// Repo is the repository directory (PLINTH_HOME/backups under plinth dev).
+	Repo string
+	// CipherPass is the repository's AES-256 key. Required: an unencrypted
+	// repository is not offered.
+	CipherPass string
+	// RetentionDays keeps full backups (and what depends on them) this many
+	// days (30).
+	RetentionDays int
+	// Bin is the pgbackrest executable (found on PATH when empty).
+	Bin string
+	// Cred is the OS user the shards' servers run as (nil: this process's).
+	Cred *syscall.Credential
+}
+
+// Stanza is one shard as pgBackRest sees it.
+type Stanza struct {
+	// Name is the shard's name (letters, digits, '-' and '_').
+	Name string
+	// DataDir is the server's data directory, Port its port, SocketDir
+	// the directory of its Unix socket (pgBackRest connects through it).
+	DataDir   string
+	Port      int
+	SocketDir string
+	// User and Password log in to the server for backups.
+	User, Password string
+}
+
+// Type is a kind of backup.
+type Type string
+
+// Backup types.
+const (
+	Full         Type = "full"
+	Differential Type = "diff"
+	Incremental  Type = "incr"
+)
+
+// RetentionDaysDefault is how long full backups are kept.
+const RetentionDaysDefault = 30
+
+// ArchiveTimeout bounds the RPO of a quiet shard: a WAL segment is switched
+// and archived at least this often when anything was written.
+const ArchiveTimeout = 5 * time.Second
+
+// PgBackRest runs pgBackRest for its stanzas.
+type PgBackRest struct {
+	cfg     Config
+	stanzas map[string]Stanza
+}
+
+var stanzaName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+
+// New checks cfg and the stanzas and writes pgBackRest's configuration.
+func New(cfg Config, stanzas ...Stanza) (*PgBackRest, error) {
+	switch {
+	case cfg.Home == "" || cfg.Repo == "":
+		return nil, errors.New("backup: Home and Repo are required")
+	case len(cfg.CipherPass) < 32:
+		return nil, errors.New("backup: the repository key must have at least 32 characters")
+	case strings.ContainsAny(cfg.CipherPass, "\n\r"):
+		return nil, errors.New("backup: the repository key must be one line")
+	case cfg.RetentionDays < 0 || cfg.RetentionDays > 3650:
+		return nil, errors.New("backup: retention must be 1 to 3650 days")
+	}
+	cfg.RetentionDays = cmp.Or(cfg.RetentionDays, RetentionDaysDefault)
+	if cfg.Bin == "" {
+		bin, err := exec.LookPath("pgbackrest")
+		if err != nil {
+			return nil, errors.New("backup: pgbackrest is not installed (Debian/Ubuntu: apt install pgbackrest)")
+		}
+		cfg.Bin = bin
+	}
+	p := &PgBackRest{cfg: cfg, stanzas: map[string]Stanza{}}
+	for _, s := range stanzas {
+		if !stanzaName.MatchString(s.Name) {
+			return nil, fmt.Errorf("backup: %q is not a usable stanza name", s.Name)
+		}
+		if !filepath.IsAbs(s.DataDir) || !filepath.IsAbs(s.SocketDir) || s.Port < 1 || s.Port > 65535 {
+			return nil, fmt.Errorf("backup: stanza %s needs an absolute data directory and socket directory, and a port", s.Name)
+		}
+		p.stanzas[s.Name] = s
+	}
+	return p, p.writeConfig()
+}
+
+// ConfigPath is pgBackRest's configuration file.
+func (p *PgBackRest) ConfigPath() string { return filepath.Join(p.cfg.Home, "pgbackrest.conf") }
+
+func (p *PgBackRest) writeConfig() error {
+	for _, dir := range []string{p.cfg.Home, p.cfg.Repo, filepath.Join(p.cfg.Home, "lock"), filepath.Join(p.cfg.Home, "log")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+		if err := p.chown(dir); err != nil {
+			return err
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by Plinth; edit the code, not this file.\n[global]\n")
+	for _, kv := range [][2]string{
+		{"repo1-path", p.cfg.Repo},
+		{"repo1-cipher-type", "aes-256-cbc"},
+		{"repo1-cipher-pass", p.cfg.CipherPass},
+		{"repo1-retention-full-type", "time"},
+		{"repo1-retention-full", strconv.Itoa(p.cfg.RetentionDays)},
+		{"compress-type", "zst"},
+		{"lock-path", filepath.Join(p.cfg.Home, "lock")},
+		{"log-path", filepath.Join(p.cfg.Home, "log")},
+		{"log-level-console", "warn"},
+		{"log-level-stderr", "warn"},
+		{"log-level-file", "off"},
+		{"start-fast", "y"},
+		{"process-max", "2"},
+	} {
+		fmt.Fprintf(&b, "%s=%s\n", kv[0], kv[1])
+	}
+	names := make([]string, 0, len(p.stanzas))
+	for n := range p.stanzas {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		s := p.stanzas[n]
+		fmt.Fprintf(&b, "\n[%s]\npg1-path=%s\npg1-port=%d\npg1-socket-path=%s\npg1-user=%s\n",
+			s.Name, s.DataDir, s.Port, s.SocketDir, cmp.Or(s.User, "postgres"))
+	}
+	path := p.ConfigPath()
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("backup: write %s: %w", path, err)
+	}
+	return p.chown(path)
+}
+
+func (p *PgBackRest) chown(path string) error {
+	if p.cfg.Cred == nil {
+		return nil
+	}
+	if err := os.Chown(path, int(p.cfg.Cred.Uid), int(p.cfg.Cred.Gid)); err != nil {
+		return fmt.Errorf("backup: chown %s: %w", path, err)
+	}
+	return nil
+}
+
+// ArchiveSettings are the server settings that archive a stanza's WAL
+// continuously into the repository.
+func (p *PgBackRest) ArchiveSettings(stanza string) map[string]string {
+	return map[string]string{
+		"wal_level":       "replica",
+		"archive_mode":    "on",
+		"archive_command": fmt.Sprintf("'%s --config=%s --stanza=%s archive-push %%p'", p.cfg.Bin, p.ConfigPath(), stanza),
+		"archive_timeout": strconv.Itoa(int(ArchiveTimeout.Seconds())),
+		"max_wal_senders": "3",
+	}
+}
+
+// Create creates the stanza in the repository (again is harmless) and
+// checks that WAL reaches it.
+func (p *PgBackRest) Create(ctx context.Context, stanza string) error {
+	if _, err := p.run(ctx, stanza, "stanza-create"); err != nil {
+		return err
+	}
+	return p.Check(ctx, stanza)
+}
+
+// Check makes the server switch to a new WAL segment and waits until it is
+// in the repository: everything committed before the call is then safe.
+func (p *PgBackRest) Check(ctx context.Context, stanza string) error {
+	_, err := p.run(ctx, stanza, "check")
+	return err
+}
+
+// Backup takes a backup of the stanza and expires what retention no longer
+// keeps.
+func (p *PgBackRest) Backup(ctx context.Context, stanza string, typ Type) error {
+	switch typ {
+	case Full, Differential, Incremental:
+	default:
+		return fmt.Errorf("backup: unknown backup type %q (full, diff or incr)", typ)
+	}
+	_, err := p.run(ctx, stanza, "backup", "--type="+string(typ))
+	return err
+}
+
+// Info describes the stanza's backups and archive.
+func (p *PgBackRest) Info(ctx context.Context, stanza string) (Info, error) {
+	out, err := p.run(ctx, stanza, "info", "--output=json")
+	if err != nil {
+		return Info{}, err
+	}
+	infos, err := ParseInfo(out)
+	if err != nil {
+		return Info{}, err
+	}
+	for _, in := range infos {
+		if in.Name == stanza {
+			return in, nil
+		}
+	}
+	return Info{}, fmt.Errorf("backup: pgbackrest info has no stanza %s", stanza)
+}
+
+// RestoreDatabase restores only database db of the stanza (with the
+// cluster's system databases) into dataDir, an empty directory, set to
+// replay WAL to target and then promote, with archiving off so the copy
+// never pushes into the repository. Starting a server on dataDir (on a port
+// of its own) performs the replay.
+func (p *PgBackRest) RestoreDatabase(ctx context.Context, stanza, db, dataDir string, target time.Time) error {
+	if db == "" || strings.ContainsAny(db, " \t\n'\"\\") {
+		return fmt.Errorf("backup: %q is not a database name to restore", db)
+	}
+	// The parent must be enterable by the shards' OS user; the directory
+	// itself is theirs alone, as Postgres insists.
+	if err := os.MkdirAll(filepath.Dir(dataDir), 0o755); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	if err := os.Mkdir(dataDir, 0o700); err != nil && !os.IsExist(err) {
+		return fmt.Errorf("backup: %w", err)
+	}
+	if err := p.chown(dataDir); err != nil {
+		return err
+	}
+	_, err := p.run(ctx, stanza, "restore", "--pg1-path="+dataDir, "--db-include="+db,
+		"--type=time", "--target="+target.UTC().Format("2006-01-02 15:04:05.999999+00"),
+		"--target-action=promote", "--archive-mode=off")
+	return err
+}
+
+// run runs a pgBackRest command for a stanza as the shards' OS user. Its
+// output never holds the repository key (it is in the configuration file).
+func (p *PgBackRest) run(ctx context.Context, stanza, command string, args ...string) ([]byte, error) {
+	s, ok := p.stanzas[stanza]
+	if !ok {
+		return nil, fmt.Errorf("backup: no stanza %q", stanza)
+	}
+	argv := append([]string{"--config=" + p.ConfigPath(), "--stanza=" + stanza}, args...)
+	argv = append(argv, command)
+	cmd := exec.CommandContext(ctx, p.cfg.Bin, argv...)
+	cmd.Dir = p.cfg.Home
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C", "PGPASSWORD=" + s.Password}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cfg.Cred, Setpgid: true}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = strings.TrimSpace(stdout.String())
+		}
+		return nil, fmt.Errorf("pgbackrest %s for %s: %w: %s", command, stanza, err, lastLines(msg, 3))
+	}
+	return stdout.Bytes(), nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " / ")
+}

@@ -1,0 +1,111 @@
+package backup
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Info is what the repository holds for one stanza.
+type Info struct {
+	Name    string
+	Status  string // "ok", or pgBackRest's message
+	Backups []Set
+	// ArchiveMin and ArchiveMax are the oldest and newest WAL segments
+	// archived.
+	ArchiveMin, ArchiveMax string
+}
+
+// Set is one backup.
+type Set struct {
+	Label      string
+	Type       Type
+	Prior      string // the backup it depends on ("" for a full one)
+	Start      time.Time
+	Stop       time.Time
+	Size       int64 // of the database
+	RepoSize   int64 // in the repository, compressed
+	ArchiveMin string
+	ArchiveMax string
+}
+
+// Latest is the newest backup, if any.
+func (in Info) Latest() (Set, bool) {
+	if len(in.Backups) == 0 {
+		return Set{}, false
+	}
+	return in.Backups[len(in.Backups)-1], true
+}
+
+// ParseInfo reads the output of `pgbackrest info --output=json`.
+func ParseInfo(data []byte) ([]Info, error) {
+	var raw []struct {
+		Name   string `json:"name"`
+		Status struct {
+			Code    *int   `json:"code"`
+			Message string `json:"message"`
+		} `json:"status"`
+		Archive []struct {
+			Min string `json:"min"`
+			Max string `json:"max"`
+		} `json:"archive"`
+		Backup []struct {
+			Label   string `json:"label"`
+			Type    string `json:"type"`
+			Prior   string `json:"prior"`
+			Archive struct {
+				Start string `json:"start"`
+				Stop  string `json:"stop"`
+			} `json:"archive"`
+			Info struct {
+				Size       int64 `json:"size"`
+				Repository struct {
+					Size int64 `json:"size"`
+				} `json:"repository"`
+			} `json:"info"`
+			Timestamp struct {
+				Start int64 `json:"start"`
+				Stop  int64 `json:"stop"`
+			} `json:"timestamp"`
+		} `json:"backup"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("backup: pgbackrest info: %w", err)
+	}
+	out := make([]Info, 0, len(raw))
+	for _, r := range raw {
+		if r.Name == "" || r.Status.Code == nil {
+			return nil, errors.New("backup: pgbackrest info: a stanza without a name or status")
+		}
+		in := Info{Name: r.Name, Status: "ok"}
+		if *r.Status.Code != 0 {
+			in.Status = r.Status.Message
+		}
+		for _, a := range r.Archive {
+			if in.ArchiveMin == "" || a.Min < in.ArchiveMin {
+				in.ArchiveMin = a.Min
+			}
+			if a.Max > in.ArchiveMax {
+				in.ArchiveMax = a.Max
+			}
+		}
+		for _, b := range r.Backup {
+			typ := Type(b.Type)
+			switch typ {
+			case Full, Differential, Incremental:
+			default:
+				return nil, fmt.Errorf("backup: pgbackrest info: backup %q has unknown type %q", b.Label, b.Type)
+			}
+			if b.Label == "" || b.Timestamp.Start <= 0 || b.Timestamp.Stop < b.Timestamp.Start || b.Info.Size < 0 || b.Info.Repository.Size < 0 {
+				return nil, fmt.Errorf("backup: pgbackrest info: backup %q is malformed", b.Label)
+			}
+			in.Backups = append(in.Backups, Set{Label: b.Label, Type: typ, Prior: b.Prior,
+				Start: time.Unix(b.Timestamp.Start, 0).UTC(), Stop: time.Unix(b.Timestamp.Stop, 0).UTC(),
+				Size: b.Info.Size, RepoSize: b.Info.Repository.Size,
+				ArchiveMin: b.Archive.Start, ArchiveMax: b.Archive.Stop})
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
