@@ -94,7 +94,9 @@ func TestRestoreOneDatabaseToAPointInTime(t *testing.T) {
 		exec1(t, ctx, s.pg.DSN(db), `CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL);
 			INSERT INTO notes (body) VALUES ('in the backup')`)
 	}
+	began := time.Now()
 	must(t, s.br.Backup(ctx, "shard-1", backup.Full))
+	t.Logf("full backup: %s", time.Since(began).Round(time.Millisecond))
 
 	// pgBackRest restores from a backup that stopped before the target, and
 	// records stop times in whole seconds.
@@ -120,7 +122,10 @@ func TestRestoreOneDatabaseToAPointInTime(t *testing.T) {
 		Settings: map[string]string{"archive_mode": "off"}}
 	scratch.Port, err = localpg.FreePort()
 	must(t, err)
+	began = time.Now()
 	must(t, s.br.RestoreDatabase(ctx, "shard-1", "t_a", scratch.DataDir(), target))
+	t.Logf("restore of t_a into scratch: %s", time.Since(began).Round(time.Millisecond))
+	began = time.Now()
 	_, err = scratch.Start(ctx)
 	must(t, err)
 	t.Cleanup(func() { _ = scratch.Stop(context.Background()) })
@@ -134,6 +139,7 @@ func TestRestoreOneDatabaseToAPointInTime(t *testing.T) {
 		err = conn.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&recovering)
 		return err == nil && !recovering, errors.Join(err, errors.New("still in recovery"))
 	})
+	t.Logf("replay to the target and promotion: %s", time.Since(began).Round(time.Millisecond))
 	if got := strings.Join(notes(t, ctx, scratch.DSN("t_a")), ","); got != "in the backup,before the target" {
 		t.Fatalf("restored t_a holds %q, want the rows before the target only", got)
 	}
