@@ -394,3 +394,44 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A shard that goes down: its tenants' requests fail fast with an error
+// that names it while the other shard's tenants keep working, and its
+// tenants are served again once it is back.
+func TestShardDownAndBack(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Context(t, 2*time.Minute)
+	up := newFleet(t, 1)
+	other := testkit.NewCluster(t)
+	otherDB := testkit.CreateDatabase(t, other, "")
+	downKey := tenantpool.Key{Tenant: uuid.New(), Shard: "s2", Address: "127.0.0.1:" + strconv.Itoa(other.Port), Database: otherDB}
+	m := tenantpool.New(tenantpool.Config{ShardCap: 4, IdleTimeout: time.Hour, ConnectTimeout: 2 * time.Second,
+		Connect: func(ctx context.Context, key tenantpool.Key) (*pgx.Conn, error) {
+			if key.Shard == "s2" {
+				return pgx.Connect(ctx, other.DSN(key.Database))
+			}
+			return up.connect(ctx, key)
+		}})
+	t.Cleanup(m.Close)
+	must(t, use(ctx, m, downKey, 0)) // leaves an idle connection to s2
+	must(t, use(ctx, m, up.keys[0], 0))
+
+	must(t, other.Stop(ctx))
+	// The idle connection died with the server: using it fails, and it is
+	// not kept.
+	_ = use(ctx, m, downKey, 0)
+	for range 3 {
+		err := use(ctx, m, downKey, 0)
+		if err == nil || !strings.Contains(err.Error(), "on shard s2") {
+			t.Fatalf("a tenant of the stopped shard: %v, want an error naming shard s2", err)
+		}
+		must(t, use(ctx, m, up.keys[0], 0)) // the other shard is unaffected
+	}
+	if st := shardStats(t, m, "s2"); st.Open != 0 {
+		t.Fatalf("connections counted to a stopped shard: %+v", st)
+	}
+
+	_, err := other.Start(ctx)
+	must(t, err)
+	must(t, use(ctx, m, downKey, 0))
+}
