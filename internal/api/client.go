@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
 )
 
@@ -346,4 +347,16 @@ func (c *Client) GetMigration(ctx context.Context, id string) (MigrationRunRespo
 func (c *Client) MigrationAction(ctx context.Context, id, action string) (MigrationRunResponse, error) {
 	var out MigrationRunResponse
 	return out, c.Do(ctx, "POST", "/v1/migrations/"+url.PathEscape(id)+"/"+url.PathEscape(action), nil, &out)
+}
+
+// ListBackups returns each backed-up shard's backups.
+func (c *Client) ListBackups(ctx context.Context) ([]backup.Info, error) {
+	var out List[backup.Info]
+	return out.Items, c.Do(ctx, "GET", "/v1/backups", nil, &out)
+}
+
+// RunBackup backs a shard up now and returns its backups.
+func (c *Client) RunBackup(ctx context.Context, req BackupRequest) (backup.Info, error) {
+	var out backup.Info
+	return out, c.Do(ctx, "POST", "/v1/backups", req, &out)
 }

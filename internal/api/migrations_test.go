@@ -38,6 +38,9 @@ func TestFleetMigrationOverHTTP(t *testing.T) {
 		{"GET", "/v1/products/nosuch/migrations", ``, 404, "product_not_found"},
 		{"GET", "/v1/migrations/not-a-uuid", ``, 404, "migration_run_not_found"},
 		{"POST", "/v1/migrations/01a24914-dd44-72f7-8f19-668642b236de/pause", ``, 404, "migration_run_not_found"},
+		// This control plane runs no backups.
+		{"GET", "/v1/backups", ``, 404, "backups_not_configured"},
+		{"POST", "/v1/backups", `{"shard": "s1"}`, 404, "backups_not_configured"},
 	} {
 		status, code := b.raw(t, tt.method, tt.path, "Bearer "+token, "application/json", tt.body)
 		if status != tt.status || code != tt.code {

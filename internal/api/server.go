@@ -67,6 +67,9 @@ type Config struct {
 	// Domains checks tenants' proofs of control of custom domains; domain
 	// verification is refused without it.
 	Domains DomainProver
+	// Backups backs up the shards this control plane runs; /v1/backups
+	// answers 404 without it.
+	Backups Backups
 }
 
 // DomainProver checks that a domain publishes a tenant's token
@@ -155,6 +158,8 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/v1/migrations/{id}", handler: s.getMigration},
 		{method: "POST", path: "/v1/migrations/{id}/pause", handler: s.pauseMigration, idempotent: true},
 		{method: "POST", path: "/v1/migrations/{id}/resume", handler: s.resumeMigration, idempotent: true},
+		{method: "GET", path: "/v1/backups", handler: s.listBackups},
+		{method: "POST", path: "/v1/backups", handler: s.runBackup},
 		{method: "GET", path: "/v1/warm-pools", handler: s.listWarmPools},
 		{method: "PUT", path: "/v1/warm-pools/{shard}/{product}", handler: s.setWarmPool},
 		{method: "GET", path: "/v1/tenants", handler: s.listTenants},

@@ -148,12 +148,7 @@ func (p *PgBackRest) writeConfig() error {
 	} {
 		fmt.Fprintf(&b, "%s=%s\n", kv[0], kv[1])
 	}
-	names := make([]string, 0, len(p.stanzas))
-	for n := range p.stanzas {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
+	for _, n := range p.Stanzas() {
 		s := p.stanzas[n]
 		fmt.Fprintf(&b, "\n[%s]\npg1-path=%s\npg1-port=%d\npg1-socket-path=%s\npg1-user=%s\n",
 			s.Name, s.DataDir, s.Port, s.SocketDir, cmp.Or(s.User, "postgres"))
@@ -176,14 +171,13 @@ func (p *PgBackRest) chown(path string) error {
 }
 
 // ArchiveSettings are the server settings that archive a stanza's WAL
-// continuously into the repository.
+// continuously into the repository. The server's wal_level must be replica
+// (Postgres's default) or logical.
 func (p *PgBackRest) ArchiveSettings(stanza string) map[string]string {
 	return map[string]string{
-		"wal_level":       "replica",
 		"archive_mode":    "on",
 		"archive_command": fmt.Sprintf("'%s --config=%s --stanza=%s archive-push %%p'", p.cfg.Bin, p.ConfigPath(), stanza),
 		"archive_timeout": strconv.Itoa(int(ArchiveTimeout.Seconds())),
-		"max_wal_senders": "3",
 	}
 }
 
@@ -194,6 +188,32 @@ func (p *PgBackRest) Create(ctx context.Context, stanza string) error {
 		return err
 	}
 	return p.Check(ctx, stanza)
+}
+
+// ErrBusy is returned while another backup of the stanza runs.
+var ErrBusy = errors.New("a backup of this shard is running")
+
+// Stanzas returns the stanzas' names, in order.
+func (p *PgBackRest) Stanzas() []string {
+	names := make([]string, 0, len(p.stanzas))
+	for n := range p.stanzas {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// List returns every stanza's info, in name order.
+func (p *PgBackRest) List(ctx context.Context) ([]Info, error) {
+	var out []Info
+	for _, n := range p.Stanzas() {
+		in, err := p.Info(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, in)
+	}
+	return out, nil
 }
 
 // Check makes the server switch to a new WAL segment and waits until it is
@@ -278,6 +298,9 @@ func (p *PgBackRest) run(ctx context.Context, stanza, command string, args ...st
 		msg := strings.TrimSpace(stderr.String())
 		if msg == "" {
 			msg = strings.TrimSpace(stdout.String())
+		}
+		if strings.Contains(msg, "ERROR: [050]") { // unable to acquire lock
+			return nil, fmt.Errorf("pgbackrest %s for %s: %w", command, stanza, ErrBusy)
 		}
 		return nil, fmt.Errorf("pgbackrest %s for %s: %w: %s", command, stanza, err, lastLines(msg, 3))
 	}

@@ -9,25 +9,26 @@ import (
 
 // Info is what the repository holds for one stanza.
 type Info struct {
-	Name    string
-	Status  string // "ok", or pgBackRest's message
-	Backups []Set
+	Name    string `json:"shard"`
+	Status  string `json:"status"` // "ok", or pgBackRest's message
+	Backups []Set  `json:"backups"`
 	// ArchiveMin and ArchiveMax are the oldest and newest WAL segments
 	// archived.
-	ArchiveMin, ArchiveMax string
+	ArchiveMin string `json:"archive_min"`
+	ArchiveMax string `json:"archive_max"`
 }
 
 // Set is one backup.
 type Set struct {
-	Label      string
-	Type       Type
-	Prior      string // the backup it depends on ("" for a full one)
-	Start      time.Time
-	Stop       time.Time
-	Size       int64 // of the database
-	RepoSize   int64 // in the repository, compressed
-	ArchiveMin string
-	ArchiveMax string
+	Label      string    `json:"label"`
+	Type       Type      `json:"type"`
+	Prior      string    `json:"prior"` // the backup it depends on ("" for a full one)
+	Start      time.Time `json:"started_at"`
+	Stop       time.Time `json:"stopped_at"`
+	Size       int64     `json:"size"`      // of the database
+	RepoSize   int64     `json:"repo_size"` // in the repository, compressed
+	ArchiveMin string    `json:"archive_start"`
+	ArchiveMax string    `json:"archive_stop"`
 }
 
 // Latest is the newest backup, if any.
@@ -78,7 +79,7 @@ func ParseInfo(data []byte) ([]Info, error) {
 		if r.Name == "" || r.Status.Code == nil {
 			return nil, errors.New("backup: pgbackrest info: a stanza without a name or status")
 		}
-		in := Info{Name: r.Name, Status: "ok"}
+		in := Info{Name: r.Name, Status: "ok", Backups: []Set{}}
 		if *r.Status.Code != 0 {
 			in.Status = r.Status.Message
 		}

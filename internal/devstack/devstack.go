@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/plinth-platform/plinth/examples/tracker"
+	"github.com/plinth-platform/plinth/internal/api"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/domainproof"
 	"github.com/plinth-platform/plinth/internal/edge"
@@ -115,6 +116,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if control != nil {
 		all = append([]*localpg.Cluster{control}, shards...)
 	}
+	var stanzas []string
+	if control != nil {
+		stanzas = append(stanzas, "control")
+	}
+	for _, s := range st.Shards {
+		stanzas = append(stanzas, s.Name)
+	}
+	backups, backupsOff := configureBackups(home, all, stanzas)
 	started := time.Now()
 	if err := startClusters(ctx, all, cfg.Out); err != nil {
 		return err
@@ -138,6 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// A local fleet's domains resolve to this machine.
 		Domains:   &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
 		Provision: provision.Config{JobTimeout: time.Minute, RescueAfter: 70 * time.Second},
+		Backups:   apiBackups(backups),
 	})
 	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {
@@ -150,6 +160,9 @@ func Run(ctx context.Context, cfg Config) error {
 		defer cancel()
 		_ = srv.Stop(sctx)
 	}()
+	if backups != nil {
+		go backups.setUp(ctx, logger)
+	}
 	st.APIURL = "http://" + srv.Addr()
 	store := catalog.New(srv.Pool())
 	if err := seed(ctx, store, st, shards, cfg.WarmPool); err != nil {
@@ -178,7 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := writeState(home, st); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
-	printBanner(cfg, home, st, token, time.Since(started))
+	printBanner(cfg, home, st, token, backupsLine(home, backupsOff), time.Since(started))
 	if cfg.Ready != nil {
 		cfg.Ready(st)
 	}
@@ -441,7 +454,22 @@ func seed(ctx context.Context, store *catalog.Store, st State, shards []*localpg
 	return nil
 }
 
-func printBanner(cfg Config, home string, st State, token string, took time.Duration) {
+// apiBackups keeps a nil *devBackups from becoming a non-nil interface.
+func apiBackups(b *devBackups) api.Backups {
+	if b == nil {
+		return nil
+	}
+	return b
+}
+
+func backupsLine(home, off string) string {
+	if off != "" {
+		return off
+	}
+	return fmt.Sprintf("pgBackRest, encrypted, in %s; WAL archived continuously (`plinth backup list`)", filepath.Join(home, "backups"))
+}
+
+func printBanner(cfg Config, home string, st State, token, backups string, took time.Duration) {
 	var shards []string
 	for _, s := range st.Shards {
 		shards = append(shards, fmt.Sprintf("%s (%s) 127.0.0.1:%d", s.Name, s.Region, s.Port))
@@ -462,6 +490,7 @@ Plinth is running (started in %.1fs; state in %s)
   Products       %s (default), %s
   Edge           %s (tenants at <slug>.%s)
   Services       tracker: sidecar http://%s, notes: sidecar http://%s, echo: sidecar http://%s
+  Backups        %s
   Logs           %s
 
 Create a first tenant in another terminal (it finds the API and token in %s),
@@ -474,7 +503,7 @@ then open its issue tracker through the edge, in a browser or with curl:
 Press Ctrl-C to stop; the next start reuses everything (--reset wipes it).
 `, took.Seconds(), home, st.APIURL, st.APIURL, token, control, strings.Join(shards, ", "),
 		DefaultProduct, SampleProduct, st.EdgeURL, edge.BaseDomainDefault,
-		st.Samples["tracker"].Ingress, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress,
+		st.Samples["tracker"].Ingress, st.Samples["notes"].Ingress, st.Samples["echo"].Ingress, backups,
 		filepath.Join(home, logFile), cfg.Home, cfg.Command, edge.BaseDomainDefault, edgePort, edge.BaseDomainDefault, st.EdgeURL)
 }
 

@@ -68,6 +68,8 @@ type Config struct {
 	// Domains checks proofs of custom-domain control (default: DNS TXT
 	// through the system resolver, or HTTP to public addresses only).
 	Domains api.DomainProver
+	// Backups backs up the shards this process runs (nil: none).
+	Backups api.Backups
 }
 
 // Server is a running process.
@@ -159,7 +161,7 @@ func (s *Server) startAPI(ctx context.Context, store *catalog.Store, svc *provis
 	go notifier.Run(ctx)
 	handler, err := api.New(api.Config{
 		Store: store, Service: svc, AdminToken: s.cfg.AdminToken, Logger: s.cfg.Logger,
-		VerifyShard: fleet.Verify, Notifier: notifier, Domains: s.cfg.Domains,
+		VerifyShard: fleet.Verify, Notifier: notifier, Domains: s.cfg.Domains, Backups: s.cfg.Backups,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-platform/plinth/internal/api"
+	"github.com/plinth-platform/plinth/internal/backup"
+)
+
+func backupCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Back up the shards Plinth runs (pgBackRest) and list their backups",
+	}
+	cmd.AddCommand(backupRunCmd(g), backupListCmd(g))
+	return cmd
+}
+
+func backupRunCmd(g *globals) *cobra.Command {
+	var shards []string
+	var typ string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Back up shards now (every backed-up shard unless --shard)",
+		Long: `Takes a backup of each shard with pgBackRest and waits until it is in the
+repository: full (the default), diff (changes since the last full backup) or
+incr (changes since the last backup of any kind). WAL is archived
+continuously besides, so a restore can reach any moment after the oldest
+kept backup. "control" names the control database.`,
+		Example: `  plinth backup run
+  plinth backup run --shard shard-1 --type incr`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch backup.Type(typ) {
+			case backup.Full, backup.Differential, backup.Incremental:
+			default:
+				return fmt.Errorf("--type must be full, diff or incr, not %q", typ)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if len(shards) == 0 {
+				infos, err := c.ListBackups(cmd.Context())
+				if err != nil {
+					return err
+				}
+				for _, in := range infos {
+					shards = append(shards, in.Name)
+				}
+			}
+			var done []backup.Info
+			for _, sh := range shards {
+				in, err := c.RunBackup(cmd.Context(), api.BackupRequest{Shard: sh, Type: typ})
+				if err != nil {
+					return fmt.Errorf("back up %s: %w", sh, err)
+				}
+				done = append(done, in)
+			}
+			return g.print(done, func(w io.Writer) { printBackups(w, done) })
+		},
+	}
+	cmd.Flags().StringSliceVar(&shards, "shard", nil, "shard to back up (repeatable; default: all)")
+	cmd.Flags().StringVar(&typ, "type", string(backup.Full), "full, diff or incr")
+	return cmd
+}
+
+func backupListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List each shard's backups and WAL archive",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			infos, err := c.ListBackups(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(infos, func(w io.Writer) { printBackups(w, infos) })
+		},
+	}
+}
+
+func printBackups(w io.Writer, infos []backup.Info) {
+	row(w, "SHARD", "STATUS", "BACKUP", "TYPE", "STOPPED", "SIZE", "IN REPO", "WAL ARCHIVED TO")
+	for _, in := range infos {
+		if len(in.Backups) == 0 {
+			row(w, in.Name, in.Status, "-", "-", "-", "-", "-", orDash(in.ArchiveMax))
+		}
+		for _, b := range in.Backups {
+			row(w, in.Name, in.Status, b.Label, b.Type, ago(b.Stop), mib(b.Size), mib(b.RepoSize), orDash(in.ArchiveMax))
+		}
+	}
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,88 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+
+	"github.com/plinth-platform/plinth/internal/backup"
+	"github.com/plinth-platform/plinth/internal/catalog"
+)
+
+// Backups takes and lists the backups of the shards this control plane
+// runs (backup.PgBackRest does). A stanza is named after its shard; the
+// control database is the stanza "control".
+type Backups interface {
+	Stanzas() []string
+	List(ctx context.Context) ([]backup.Info, error)
+	Backup(ctx context.Context, stanza string, typ backup.Type) error
+}
+
+// BackupRequest is the body of POST /v1/backups.
+type BackupRequest struct {
+	// Shard is the shard to back up ("control" for the control database).
+	Shard string `json:"shard"`
+	// Type is full (the default), diff or incr.
+	Type string `json:"type,omitempty"`
+}
+
+func (s *Server) backups() (Backups, error) {
+	if s.cfg.Backups == nil {
+		return nil, catalog.NotFound("backups_not_configured", "this control plane runs no backups (plinth dev sets them up when pgbackrest is installed)")
+	}
+	return s.cfg.Backups, nil
+}
+
+func (s *Server) listBackups(w http.ResponseWriter, r *http.Request) error {
+	b, err := s.backups()
+	if err != nil {
+		return err
+	}
+	infos, err := b.List(r.Context())
+	if err != nil {
+		return err
+	}
+	if infos == nil {
+		infos = []backup.Info{}
+	}
+	return writeJSON(w, http.StatusOK, List[backup.Info]{Items: infos})
+}
+
+func (s *Server) runBackup(w http.ResponseWriter, r *http.Request) error {
+	b, err := s.backups()
+	if err != nil {
+		return err
+	}
+	var req BackupRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	typ := backup.Type(req.Type)
+	switch typ {
+	case "":
+		typ = backup.Full
+	case backup.Full, backup.Differential, backup.Incremental:
+	default:
+		return catalog.Invalid("invalid_backup_type", "type must be full, diff or incr, not %q", truncate(req.Type, 20))
+	}
+	if !slices.Contains(b.Stanzas(), req.Shard) {
+		return catalog.NotFound("shard_not_backed_up", "no shard %q is backed up here (backed up: %v)", truncate(req.Shard, 63), b.Stanzas())
+	}
+	if err := b.Backup(r.Context(), req.Shard, typ); err != nil {
+		if errors.Is(err, backup.ErrBusy) {
+			return catalog.Conflict("backup_running", "a backup of shard %s is running; try again when it ends", req.Shard)
+		}
+		return err
+	}
+	infos, err := b.List(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, in := range infos {
+		if in.Name == req.Shard {
+			return writeJSON(w, http.StatusCreated, in)
+		}
+	}
+	return errors.New("the backed-up shard is missing from the repository's list")
+}
