@@ -25,6 +25,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 )
 
 // Config configures pgBackRest for a set of shards.
@@ -253,14 +257,21 @@ func (p *PgBackRest) Info(ctx context.Context, stanza string) (Info, error) {
 	return Info{}, fmt.Errorf("backup: pgbackrest info has no stanza %s", stanza)
 }
 
-// RestoreDatabase restores only database db of the stanza (with the
+// RestoreDatabases restores only databases dbs of the stanza (with the
 // cluster's system databases) into dataDir, an empty directory, set to
 // replay WAL to target and then promote, with archiving off so the copy
 // never pushes into the repository. Starting a server on dataDir (on a port
 // of its own) performs the replay.
-func (p *PgBackRest) RestoreDatabase(ctx context.Context, stanza, db, dataDir string, target time.Time) error {
-	if db == "" || strings.ContainsAny(db, " \t\n'\"\\") {
-		return fmt.Errorf("backup: %q is not a database name to restore", db)
+func (p *PgBackRest) RestoreDatabases(ctx context.Context, stanza string, dbs []string, dataDir string, target time.Time) error {
+	if len(dbs) == 0 {
+		return errors.New("backup: no database to restore")
+	}
+	args := []string{"restore", "--pg1-path=" + dataDir}
+	for _, db := range dbs {
+		if db == "" || strings.ContainsAny(db, " \t\n'\"\\") {
+			return fmt.Errorf("backup: %q is not a database name to restore", db)
+		}
+		args = append(args, "--db-include="+db)
 	}
 	// The parent must be enterable by the shards' OS user; the directory
 	// itself is theirs alone, as Postgres insists.
@@ -273,10 +284,104 @@ func (p *PgBackRest) RestoreDatabase(ctx context.Context, stanza, db, dataDir st
 	if err := p.chown(dataDir); err != nil {
 		return err
 	}
-	_, err := p.run(ctx, stanza, "restore", "--pg1-path="+dataDir, "--db-include="+db,
-		"--type=time", "--target="+target.UTC().Format("2006-01-02 15:04:05.999999+00"),
+	args = append(args, "--type=time", "--target="+target.UTC().Format("2006-01-02 15:04:05.999999+00"),
 		"--target-action=promote", "--archive-mode=off")
+	_, err := p.run(ctx, stanza, args[0], args[1:]...)
 	return err
+}
+
+// ErrNoBackupBefore means no backup of the stanza ended before a restore's
+// target time, so nothing can be restored to it.
+var ErrNoBackupBefore = errors.New("no backup ends before the target time")
+
+// CheckTarget checks that the stanza has a backup that ended before target
+// (pgBackRest records stop times in whole seconds, so one ending in the
+// same second does not count).
+func (p *PgBackRest) CheckTarget(ctx context.Context, stanza string, target time.Time) error {
+	in, err := p.Info(ctx, stanza)
+	if err != nil {
+		return err
+	}
+	for _, b := range in.Backups {
+		if b.Stop.Add(time.Second).Before(target) {
+			return nil
+		}
+	}
+	if len(in.Backups) == 0 {
+		return fmt.Errorf("shard %s has no backup yet: %w", stanza, ErrNoBackupBefore)
+	}
+	return fmt.Errorf("the oldest backup of shard %s ended at %s, after %s: %w", stanza,
+		in.Backups[0].Stop.UTC().Format(time.RFC3339), target.UTC().Format(time.RFC3339), ErrNoBackupBefore)
+}
+
+// Scratch restores databases dbs of the stanza as they were at target into
+// a scratch server in dir (emptied first: an earlier attempt may have left
+// one, even running), starts it on a free port and waits until it has
+// replayed WAL to the target and promoted. The server has the stanza's
+// roles and password; the caller stops it and removes dir. It returns how
+// long the restore and the replay took.
+func (p *PgBackRest) Scratch(ctx context.Context, stanza string, dbs []string, target time.Time, dir string) (*localpg.Cluster, [2]time.Duration, error) {
+	var took [2]time.Duration
+	s, ok := p.stanzas[stanza]
+	if !ok {
+		return nil, took, fmt.Errorf("backup: shard %s is not backed up here", stanza)
+	}
+	// Recovery needs connection and worker limits no lower than the shard's,
+	// so the scratch server keeps the shard's settings but for archiving.
+	c := &localpg.Cluster{Dir: dir, Password: s.Password, Settings: map[string]string{"archive_mode": "off"}}
+	if err := DiscardScratch(ctx, dir); err != nil {
+		return nil, took, err
+	}
+	if err := p.Check(ctx, stanza); err != nil { // everything up to now is in the repository
+		return nil, took, err
+	}
+	began := time.Now()
+	if err := p.RestoreDatabases(ctx, stanza, dbs, c.DataDir(), target); err != nil {
+		return nil, took, err
+	}
+	took[0] = time.Since(began)
+	began = time.Now()
+	port, err := localpg.FreePort()
+	if err != nil {
+		return nil, took, err
+	}
+	c.Port = port
+	if _, err := c.Start(ctx); err != nil {
+		return nil, took, fmt.Errorf("%w: %s", err, serverFailure(c.LogPath()))
+	}
+	for {
+		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+		if err == nil {
+			var recovering bool
+			err = conn.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&recovering)
+			conn.Close(context.WithoutCancel(ctx))
+			if err == nil && !recovering {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			_ = c.Stop(context.WithoutCancel(ctx))
+			return nil, took, fmt.Errorf("backup: the scratch copy of %s did not finish replaying: %w", stanza, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	took[1] = time.Since(began)
+	return c, took, nil
+}
+
+// DiscardScratch stops a scratch server in dir, if one runs, and removes dir.
+func DiscardScratch(ctx context.Context, dir string) error {
+	c := &localpg.Cluster{Dir: dir}
+	if c.Initialized() {
+		if err := c.Stop(ctx); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("backup: remove scratch %s: %w", dir, err)
+	}
+	return nil
 }
 
 // run runs a pgBackRest command for a stanza as the shards' OS user. Its
@@ -313,4 +418,17 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " / ")
+}
+
+// serverFailure is what a server that would not start said about it: the
+// FATAL and PANIC lines of its log.
+func serverFailure(logPath string) string {
+	b, _ := os.ReadFile(logPath)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "FATAL") || strings.Contains(l, "PANIC") {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return lastLines(strings.Join(out, "\n"), 3)
 }

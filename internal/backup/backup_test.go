@@ -123,7 +123,7 @@ func TestRestoreOneDatabaseToAPointInTime(t *testing.T) {
 	scratch.Port, err = localpg.FreePort()
 	must(t, err)
 	began = time.Now()
-	must(t, s.br.RestoreDatabase(ctx, "shard-1", "t_a", scratch.DataDir(), target))
+	must(t, s.br.RestoreDatabases(ctx, "shard-1", []string{"t_a"}, scratch.DataDir(), target))
 	t.Logf("restore of t_a into scratch: %s", time.Since(began).Round(time.Millisecond))
 	began = time.Now()
 	_, err = scratch.Start(ctx)
@@ -162,8 +162,8 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"unknown stanza", s.br.Backup(ctx, "shard-9", backup.Full), "no stanza"},
 		{"unknown type", s.br.Backup(ctx, "shard-1", "weekly"), "unknown backup type"},
-		{"a database name that is not one", s.br.RestoreDatabase(ctx, "shard-1", "t_a' --delta", s.dir+"/x", time.Now()), "not a database name"},
-		{"restore with no backup", s.br.RestoreDatabase(ctx, "shard-1", "postgres", s.dir+"/y", time.Now()), "pgbackrest restore"},
+		{"a database name that is not one", s.br.RestoreDatabases(ctx, "shard-1", []string{"t_a' --delta"}, s.dir+"/x", time.Now()), "not a database name"},
+		{"restore with no backup", s.br.RestoreDatabases(ctx, "shard-1", []string{"postgres"}, s.dir+"/y", time.Now()), "pgbackrest restore"},
 	} {
 		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {
 			t.Errorf("%s: %v, want an error with %q", tt.name, tt.err, tt.want)

@@ -320,12 +320,16 @@ func (s *Store) RetireWarm(ctx context.Context) (int, error) {
 
 // ToDrop returns databases waiting to be dropped. Intents for warm
 // databases that stayed in creating longer than abandonAfter (their worker
-// died) are marked for dropping first.
+// died), and copies a finished restore did not swap in, are marked for
+// dropping first.
 func (s *Store) ToDrop(ctx context.Context, abandonAfter time.Duration, limit int) ([]Database, error) {
 	_, err := s.q.Exec(ctx, `
 		UPDATE tenant_databases SET state = 'dropping', updated_at = now()
 		WHERE state = 'creating' AND installation_id IS NULL
-		  AND updated_at < now() - $1::bigint * interval '1 microsecond'`, abandonAfter.Microseconds())
+		  AND updated_at < now() - $1::bigint * interval '1 microsecond'
+		  -- A restore's copy waits for its swap for as long as the restore runs.
+		  AND NOT EXISTS (SELECT 1 FROM restore_items r
+			WHERE r.restored_database_id = tenant_databases.id AND r.state IN ('pending', 'copied'))`, abandonAfter.Microseconds())
 	if err != nil {
 		return nil, fmt.Errorf("abandon stale intents: %w", err)
 	}

@@ -35,11 +35,11 @@ var Transitions = map[TenantState][]TenantState{
 	StateProvisioning: {StateActive, StateFailed},
 	StateFailed:       {StateProvisioning, StateDeleted},
 	StateActive:       {StateSuspended, StateDeactivated, StateDeleted, StateMoving, StateRestoring},
-	StateSuspended:    {StateActive, StateDeactivated, StateDeleted},
-	StateDeactivated:  {StateActive, StateDeleted},
+	StateSuspended:    {StateActive, StateDeactivated, StateDeleted, StateRestoring},
+	StateDeactivated:  {StateActive, StateDeleted, StateRestoring},
 	StateDeleted:      {StateActive, StateSuspended, StateDeactivated, StateFailed, StatePurged},
 	StateMoving:       {StateActive},
-	StateRestoring:    {StateActive},
+	StateRestoring:    {StateActive, StateSuspended, StateDeactivated},
 }
 
 // CanTransition reports whether a tenant may move from one state to another.

@@ -112,6 +112,9 @@ const (
 	DatabaseAssigned DatabaseState = "assigned"
 	DatabaseDropping DatabaseState = "dropping"
 	DatabaseDropped  DatabaseState = "dropped"
+	// DatabaseReplaced was swapped out by a restore; it is kept for the
+	// retention window so that the restore can be undone.
+	DatabaseReplaced DatabaseState = "replaced"
 )
 
 // Database is a tenant database on a shard, or the intent to create one.

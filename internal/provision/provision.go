@@ -16,6 +16,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/google/uuid"
@@ -83,6 +85,12 @@ type Config struct {
 	// FetchCooldown is the least time between River fetches; small, so a
 	// new job starts within milliseconds of its insert.
 	FetchCooldown time.Duration
+	// Restorer restores tenants from the shards' backups (nil: restores are
+	// refused). Scratch restores go under ScratchDir (default: a directory
+	// of the system's temporary one); the shards' OS user must be able to
+	// enter it.
+	Restorer   Restorer
+	ScratchDir string
 }
 
 func (c Config) withDefaults() Config {
@@ -100,6 +108,7 @@ func (c Config) withDefaults() Config {
 	c.Retention = cmp.Or(c.Retention, RetentionDefault)
 	c.ChangeRetention = cmp.Or(c.ChangeRetention, ChangeRetentionDefault)
 	c.FetchCooldown = cmp.Or(c.FetchCooldown, FetchCooldownDefault)
+	c.ScratchDir = cmp.Or(c.ScratchDir, filepath.Join(os.TempDir(), "plinth-restore"))
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -218,6 +227,7 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(ws, &refillWorker{workers: w})
 	river.AddWorker(ws, &sweepWorker{workers: w})
 	river.AddWorker(ws, &migrateWorker{workers: w})
+	river.AddWorker(ws, &restoreWorker{workers: w})
 	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
 	periodic := func(every time.Duration, args river.JobArgs, opts *river.InsertOpts) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),

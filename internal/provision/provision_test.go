@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/fleet"
@@ -43,6 +44,7 @@ type bundle struct {
 	shard   *localpg.Cluster
 	product string
 	cfg     provision.Config
+	worker  *worker
 }
 
 type options struct {
@@ -84,15 +86,40 @@ func setup(t *testing.T, o options) bundle {
 		cfg.SweepInterval = 200 * time.Millisecond
 	}
 	t.Cleanup(cfg.Pools.Close)
-	client, err := provision.NewWorker(pool, cfg)
+	w := &worker{pool: pool, cfg: cfg}
+	b := bundle{ctx: ctx, store: store, shard: shard, product: product, cfg: cfg, worker: w}
+	b.startWorker(t)
+	t.Cleanup(func() { _ = b.stopWorker() })
+	b.svc = provision.NewService(w.client, cfg)
+	return b
+}
+
+// worker is the bundle's River worker, which a test may stop (as if its
+// process died) and start again.
+type worker struct {
+	pool   *pgxpool.Pool
+	cfg    provision.Config
+	client *river.Client[pgx.Tx]
+}
+
+func (b bundle) startWorker(t *testing.T) {
+	t.Helper()
+	client, err := provision.NewWorker(b.worker.pool, b.worker.cfg)
 	must(t, err)
-	must(t, client.Start(ctx))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = client.StopAndCancel(ctx)
-	})
-	return bundle{ctx: ctx, store: store, svc: provision.NewService(client, cfg), shard: shard, product: product, cfg: cfg}
+	must(t, client.Start(b.ctx))
+	b.worker.client = client
+}
+
+// stopWorker stops the worker, cancelling the jobs it runs.
+func (b bundle) stopWorker() error {
+	if b.worker.client == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := b.worker.client.StopAndCancel(ctx)
+	b.worker.client = nil
+	return err
 }
 
 func must(t *testing.T, err error) {
@@ -153,10 +180,11 @@ func (b bundle) shardDatabases(t *testing.T) []string {
 }
 
 // assertNoOrphans checks that the shard holds exactly the databases the
-// catalog says are warm or assigned (use with a shard of the test's own).
+// catalog says are warm, assigned or replaced (use with a shard of the
+// test's own).
 func (b bundle) assertNoOrphans(t *testing.T) {
 	t.Helper()
-	rows, err := b.store.Pool().Query(b.ctx, `SELECT name FROM tenant_databases WHERE state IN ('warm', 'assigned') ORDER BY 1`)
+	rows, err := b.store.Pool().Query(b.ctx, `SELECT name FROM tenant_databases WHERE state IN ('warm', 'assigned', 'replaced') ORDER BY 1`)
 	must(t, err)
 	want, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	must(t, err)

@@ -205,3 +205,54 @@ func lockKey(name string) int64 {
 	_, _ = h.Write([]byte("plinth:" + name))
 	return int64(h.Sum64())
 }
+
+// Fence stops database name from taking connections and ends the ones it
+// has (a restore swaps it out). A database that does not exist is fenced.
+func (s *Shard) Fence(ctx context.Context, name string) error {
+	if err := s.allowConnections(ctx, name, false); err != nil {
+		return err
+	}
+	if _, err := s.Admin.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = $1 AND pid <> pg_backend_pid()`, name); err != nil {
+		return fmt.Errorf("end sessions on %s on shard %s: %w", name, s.Name, err)
+	}
+	return nil
+}
+
+// Unfence lets database name take connections again.
+func (s *Shard) Unfence(ctx context.Context, name string) error {
+	return s.allowConnections(ctx, name, true)
+}
+
+func (s *Shard) allowConnections(ctx context.Context, name string, allow bool) error {
+	_, err := s.Admin.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s ALLOW_CONNECTIONS %t", quote(name), allow))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name: gone
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("set %s on shard %s to allow connections %t: %w", name, s.Name, allow, err)
+	}
+	return nil
+}
+
+// Adopt records in database name, a copy of database from restored from
+// backups, that it is now database id: it must carry from's identity for
+// the same tenant and installation (or already be id). It returns the
+// identity.
+func (s *Shard) Adopt(ctx context.Context, name string, id, from, tenant, installation uuid.UUID) (Identity, error) {
+	conn, err := s.Connect(ctx, name)
+	if err != nil {
+		return Identity{}, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tag, err := conn.Exec(ctx, `UPDATE plinth.identity SET database_id = $1
+		WHERE database_id IN ($1, $2) AND tenant_id = $3 AND installation_id = $4`, id, from, tenant, installation)
+	if err != nil {
+		return Identity{}, fmt.Errorf("adopt identity of %s: %w", name, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return Identity{}, fmt.Errorf("%s is not a copy of database %s of tenant %s: %w", name, from, tenant, ErrIdentityMismatch)
+	}
+	return s.ReadIdentity(ctx, name)
+}

@@ -54,7 +54,7 @@ type Cluster struct {
 }
 
 // FindBinDir locates the PostgreSQL server binaries: $PLINTH_PG_BIN, then
-// the directory of an initdb on PATH, then the newest
+// the directory of an initdb on PATH (links followed), then the newest
 // /usr/lib/postgresql/<version>/bin (where Debian keeps them off PATH).
 func FindBinDir() (string, error) {
 	if dir := os.Getenv("PLINTH_PG_BIN"); dir != "" {
@@ -64,6 +64,11 @@ func FindBinDir() (string, error) {
 		return dir, nil
 	}
 	if p, err := exec.LookPath("initdb"); err == nil {
+		// A link on PATH (to /usr/lib/postgresql/15/bin/initdb, say) names
+		// the directory that holds the other binaries too.
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
 		return filepath.Dir(p), nil
 	}
 	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")

@@ -1,0 +1,447 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Restore kinds.
+const (
+	RestoreKindRestore = "restore"
+	RestoreKindUndo    = "undo"
+)
+
+// Restore and restore item states.
+const (
+	RestoreRunning              = "running"
+	RestoreSucceeded            = "succeeded"
+	RestoreFailed               = "failed"
+	RestoreFinishedWithFailures = "finished_with_failures"
+
+	ItemPending = "pending"
+	ItemCopied  = "copied"
+	ItemSwapped = "swapped"
+	ItemFailed  = "failed"
+)
+
+// RestorableStates are the states a tenant can be restored in place from;
+// it returns to the same state afterwards.
+var RestorableStates = []TenantState{StateActive, StateSuspended, StateDeactivated}
+
+// MaxRestoreTenants bounds one restore request.
+const MaxRestoreTenants = 1000
+
+// Restore brings installations' databases back as they were at a moment.
+type Restore struct {
+	ID          uuid.UUID     `json:"id"`
+	Kind        string        `json:"kind"`
+	TargetTime  *time.Time    `json:"target_time,omitempty"`
+	Concurrency int           `json:"concurrency"`
+	Actor       string        `json:"actor"`
+	State       string        `json:"state"`
+	Error       string        `json:"error,omitempty"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+	FinishedAt  *time.Time    `json:"finished_at,omitempty"`
+	Items       []RestoreItem `json:"items"`
+}
+
+// RestoreItem is one installation's database in a restore. The step times
+// are in milliseconds; the scratch restore and replay are per shard.
+type RestoreItem struct {
+	InstallationID     uuid.UUID   `json:"installation_id"`
+	TenantID           uuid.UUID   `json:"tenant_id"`
+	Tenant             string      `json:"tenant"` // slug
+	Product            string      `json:"product"`
+	Shard              string      `json:"shard"`
+	CurrentDatabaseID  uuid.UUID   `json:"current_database_id"`
+	CurrentDatabase    string      `json:"current_database"`
+	SourceDatabaseID   uuid.UUID   `json:"source_database_id"`
+	SourceDatabase     string      `json:"source_database"`
+	RestoredDatabaseID *uuid.UUID  `json:"restored_database_id,omitempty"`
+	RestoredDatabase   string      `json:"restored_database,omitempty"`
+	PriorState         TenantState `json:"prior_state"`
+	State              string      `json:"state"`
+	Error              string      `json:"error,omitempty"`
+	Attempts           int         `json:"attempts"`
+	RestoreMS          *int64      `json:"restore_ms,omitempty"`
+	ReplayMS           *int64      `json:"replay_ms,omitempty"`
+	CopyMS             *int64      `json:"copy_ms,omitempty"`
+	SwapMS             *int64      `json:"swap_ms,omitempty"`
+	SwappedAt          *time.Time  `json:"swapped_at,omitempty"`
+}
+
+// CreateRestoreParams asks for a restore.
+type CreateRestoreParams struct {
+	// Tenants are slugs or IDs.
+	Tenants []string
+	// Product restores only that product's database ("": every product).
+	Product string
+	// Target is the moment to go back to; nil asks for an undo of each
+	// installation's last restore.
+	Target *time.Time
+	// Retention is how far back backups reach (Target may not be older).
+	Retention   time.Duration
+	Concurrency int
+	Actor       string
+	RequestID   string
+}
+
+// CreateRestore records a restore and its items in one transaction, after
+// checking every tenant: each must exist, be in a restorable state, have no
+// restore running, and (for a restore) have existed at the target time. On
+// any refusal nothing is recorded.
+func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Restore, error) {
+	switch {
+	case len(p.Tenants) == 0:
+		return Restore{}, Invalid("invalid_tenants", "name at least one tenant to restore")
+	case len(p.Tenants) > MaxRestoreTenants:
+		return Restore{}, Invalid("invalid_tenants", "at most %d tenants per restore, not %d", MaxRestoreTenants, len(p.Tenants))
+	case p.Concurrency < 0 || p.Concurrency > 32:
+		return Restore{}, Invalid("invalid_concurrency", "concurrency must be 1 to 32, not %d", p.Concurrency)
+	}
+	if p.Concurrency == 0 {
+		p.Concurrency = 2
+	}
+	kind := RestoreKindRestore
+	if p.Target == nil {
+		kind = RestoreKindUndo
+	} else {
+		now := time.Now()
+		switch {
+		case p.Target.After(now):
+			return Restore{}, Invalid("target_in_future", "the target time %s is in the future", p.Target.UTC().Format(time.RFC3339))
+		case p.Retention > 0 && p.Target.Before(now.Add(-p.Retention)):
+			return Restore{}, Invalid("target_beyond_retention", "the target time %s is older than the backups' retention (%s)",
+				p.Target.UTC().Format(time.RFC3339), p.Retention)
+		}
+	}
+	id := uuid.Must(uuid.NewV7())
+	var out Restore
+	err := s.InTx(ctx, func(tx *Store) error {
+		if _, err := tx.q.Exec(ctx, `INSERT INTO restores (id, kind, target_time, concurrency, actor) VALUES ($1, $2, $3, $4, $5)`,
+			id, kind, p.Target, p.Concurrency, p.Actor); err != nil {
+			return mapError(fmt.Errorf("record restore: %w", err))
+		}
+		seen := map[uuid.UUID]bool{}
+		for _, ref := range p.Tenants {
+			t, err := tx.GetTenant(ctx, ref)
+			if err != nil {
+				return err
+			}
+			if seen[t.ID] {
+				continue
+			}
+			seen[t.ID] = true
+			if err := tx.addRestoreItems(ctx, id, t, p); err != nil {
+				return err
+			}
+		}
+		if err := tx.Audit(ctx, AuditEntry{Actor: p.Actor, Action: "restore." + kind, TargetKind: "restore", TargetID: id.String(),
+			Reason: restoreReason(p.Target), RequestID: p.RequestID}); err != nil {
+			return err
+		}
+		var err error
+		out, err = tx.GetRestore(ctx, id)
+		return err
+	})
+	return out, err
+}
+
+func restoreReason(target *time.Time) string {
+	if target == nil {
+		return "undo the last restore"
+	}
+	return "to " + target.UTC().Format(time.RFC3339Nano)
+}
+
+func (s *Store) addRestoreItems(ctx context.Context, id uuid.UUID, t Tenant, p CreateRestoreParams) error {
+	// Lock the tenant: two requests for it are checked one after the other.
+	if _, err := s.q.Exec(ctx, `SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE`, t.ID); err != nil {
+		return fmt.Errorf("lock tenant: %w", err)
+	}
+	if !slices.Contains(RestorableStates, t.State) {
+		hint := ""
+		if t.State == StateDeleted {
+			hint = " (undelete it first)"
+		}
+		return Conflict("tenant_not_restorable", "tenant %s is %s: only an active, suspended or deactivated tenant can be restored%s", t.Slug, t.State, hint)
+	}
+	var running bool
+	if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM restore_items WHERE tenant_id = $1 AND state IN ('pending', 'copied'))`,
+		t.ID).Scan(&running); err != nil {
+		return fmt.Errorf("look for a running restore: %w", err)
+	}
+	if running {
+		return Conflict("restore_running", "a restore of tenant %s is running; wait for it to finish", t.Slug)
+	}
+	if p.Target != nil && p.Target.Before(t.CreatedAt) {
+		return Invalid("target_before_tenant", "tenant %s was created at %s, after the target time %s", t.Slug,
+			t.CreatedAt.UTC().Format(time.RFC3339), p.Target.UTC().Format(time.RFC3339))
+	}
+	n := 0
+	for _, in := range t.Installations {
+		if p.Product != "" && in.Product != p.Product {
+			continue
+		}
+		if in.DatabaseID == nil || in.State != InstallationReady {
+			return Conflict("installation_not_ready", "tenant %s's %s database is not ready yet", t.Slug, in.Product)
+		}
+		if err := s.addRestoreItem(ctx, id, t, in, p.Target); err != nil {
+			return err
+		}
+		n++
+	}
+	if n == 0 {
+		if p.Product != "" {
+			return NotFound("installation_not_found", "tenant %s has no %s installation", t.Slug, p.Product)
+		}
+		return Conflict("nothing_to_restore", "tenant %s has no databases", t.Slug)
+	}
+	return nil
+}
+
+// addRestoreItem records one installation's item. For a restore the
+// source is the database that was the installation's at the target: the
+// one the first swap after the target replaced, or the current one. For an
+// undo it is the database the last swap replaced, and it needs no copy.
+func (s *Store) addRestoreItem(ctx context.Context, id uuid.UUID, t Tenant, in Installation, target *time.Time) error {
+	current := *in.DatabaseID
+	source, restored, state := current, (*uuid.UUID)(nil), ItemPending
+	if target != nil {
+		err := s.q.QueryRow(ctx, `SELECT current_database_id FROM restore_items
+			WHERE installation_id = $1 AND state = 'swapped' AND swapped_at > $2
+			ORDER BY swapped_at LIMIT 1`, in.ID, *target).Scan(&source)
+		if err != nil && !isNoRows(err) {
+			return fmt.Errorf("find the database at the target time: %w", err)
+		}
+	} else {
+		var back uuid.UUID
+		var backState DatabaseState
+		err := s.q.QueryRow(ctx, `SELECT d.id, d.state FROM restore_items r JOIN tenant_databases d ON d.id = r.current_database_id
+			WHERE r.installation_id = $1 AND r.state = 'swapped' AND r.restored_database_id = $2
+			ORDER BY r.swapped_at DESC LIMIT 1`, in.ID, current).Scan(&back, &backState)
+		if isNoRows(err) {
+			return Conflict("nothing_to_undo", "tenant %s's %s database was not restored: there is nothing to undo", t.Slug, in.Product)
+		}
+		if err != nil {
+			return fmt.Errorf("find the database to swap back: %w", err)
+		}
+		if backState != DatabaseReplaced {
+			return Conflict("nothing_to_undo", "the database tenant %s's last restore replaced is %s: it cannot come back", t.Slug, backState)
+		}
+		source, restored, state = back, &back, ItemCopied
+	}
+	_, err := s.q.Exec(ctx, `
+		INSERT INTO restore_items (restore_id, installation_id, tenant_id, product, shard, current_database_id,
+			source_database_id, source_database, restored_database_id, prior_state, state)
+		SELECT $1, $2, $3, $4, c.shard, c.id, s.id, s.name, $7, $8, $9
+		FROM tenant_databases c, tenant_databases s WHERE c.id = $5 AND s.id = $6`,
+		id, in.ID, t.ID, in.Product, current, source, restored, t.State, state)
+	if err != nil {
+		return mapError(fmt.Errorf("record restore item: %w", err))
+	}
+	return nil
+}
+
+const restoreItemColumns = `r.installation_id, r.tenant_id, t.slug, r.product, r.shard, r.current_database_id, c.name,
+	r.source_database_id, r.source_database, r.restored_database_id, coalesce(n.name, ''), r.prior_state, r.state,
+	r.error, r.attempts, r.restore_ms, r.replay_ms, r.copy_ms, r.swap_ms, r.swapped_at`
+
+// GetRestore returns a restore with its items, in tenant and product order.
+func (s *Store) GetRestore(ctx context.Context, id uuid.UUID) (Restore, error) {
+	var r Restore
+	err := s.q.QueryRow(ctx, `SELECT id, kind, target_time, concurrency, actor, state, error, created_at, updated_at, finished_at
+		FROM restores WHERE id = $1`, id).Scan(&r.ID, &r.Kind, &r.TargetTime, &r.Concurrency, &r.Actor, &r.State, &r.Error,
+		&r.CreatedAt, &r.UpdatedAt, &r.FinishedAt)
+	if isNoRows(err) {
+		return Restore{}, NotFound("restore_not_found", "restore %s does not exist", id)
+	}
+	if err != nil {
+		return Restore{}, fmt.Errorf("get restore: %w", err)
+	}
+	rows, err := s.q.Query(ctx, `SELECT `+restoreItemColumns+`
+		FROM restore_items r JOIN tenants t ON t.id = r.tenant_id
+		JOIN tenant_databases c ON c.id = r.current_database_id
+		LEFT JOIN tenant_databases n ON n.id = r.restored_database_id
+		WHERE r.restore_id = $1 ORDER BY t.slug, r.product`, id)
+	if err != nil {
+		return Restore{}, fmt.Errorf("get restore items: %w", err)
+	}
+	r.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (RestoreItem, error) {
+		var it RestoreItem
+		err := row.Scan(&it.InstallationID, &it.TenantID, &it.Tenant, &it.Product, &it.Shard, &it.CurrentDatabaseID,
+			&it.CurrentDatabase, &it.SourceDatabaseID, &it.SourceDatabase, &it.RestoredDatabaseID, &it.RestoredDatabase,
+			&it.PriorState, &it.State, &it.Error, &it.Attempts, &it.RestoreMS, &it.ReplayMS, &it.CopyMS, &it.SwapMS, &it.SwappedAt)
+		return it, err
+	})
+	if err != nil {
+		return Restore{}, fmt.Errorf("get restore items: %w", err)
+	}
+	return r, nil
+}
+
+// ReserveRestoreCopy records the database an item's copy goes into (state
+// creating, no installation yet), or returns the one recorded before.
+func (s *Store) ReserveRestoreCopy(ctx context.Context, restoreID, installationID uuid.UUID) (Database, error) {
+	var d Database
+	err := s.InTx(ctx, func(tx *Store) error {
+		var existing *uuid.UUID
+		var shard, product string
+		err := tx.q.QueryRow(ctx, `SELECT restored_database_id, shard, product FROM restore_items
+			WHERE restore_id = $1 AND installation_id = $2 FOR UPDATE`, restoreID, installationID).Scan(&existing, &shard, &product)
+		if err != nil {
+			return fmt.Errorf("lock restore item: %w", err)
+		}
+		if existing != nil {
+			d, err = tx.GetDatabase(ctx, *existing)
+			return err
+		}
+		if d, err = tx.insertIntent(ctx, shard, product, 0, nil); err != nil {
+			return err
+		}
+		_, err = tx.q.Exec(ctx, `UPDATE restore_items SET restored_database_id = $3, updated_at = now()
+			WHERE restore_id = $1 AND installation_id = $2`, restoreID, installationID, d.ID)
+		return err
+	})
+	return d, err
+}
+
+// ItemTimes are the step times of an item, in milliseconds.
+type ItemTimes struct{ Restore, Replay, Copy int64 }
+
+// MarkRestoreCopied records that an item's copy exists and carries the
+// right identity, at schema version version.
+func (s *Store) MarkRestoreCopied(ctx context.Context, restoreID, installationID uuid.UUID, version int64, times ItemTimes) error {
+	return s.InTx(ctx, func(tx *Store) error {
+		var restored uuid.UUID
+		err := tx.q.QueryRow(ctx, `UPDATE restore_items SET state = 'copied', attempts = attempts + 1, error = '',
+			restore_ms = $3, replay_ms = $4, copy_ms = $5, updated_at = now()
+			WHERE restore_id = $1 AND installation_id = $2 AND state = 'pending' RETURNING restored_database_id`,
+			restoreID, installationID, times.Restore, times.Replay, times.Copy).Scan(&restored)
+		if err != nil {
+			return fmt.Errorf("mark restore item copied: %w", err)
+		}
+		_, err = tx.q.Exec(ctx, `UPDATE tenant_databases SET schema_version = $2, updated_at = now() WHERE id = $1`, restored, version)
+		return err
+	})
+}
+
+// FailRestoreItem records why an item failed; nothing of it was swapped.
+func (s *Store) FailRestoreItem(ctx context.Context, restoreID, installationID uuid.UUID, msg string) error {
+	_, err := s.q.Exec(ctx, `UPDATE restore_items SET state = 'failed', error = $3, attempts = attempts + 1, updated_at = now()
+		WHERE restore_id = $1 AND installation_id = $2 AND state IN ('pending', 'copied')`, restoreID, installationID, truncate(msg, 2000))
+	if err != nil {
+		return fmt.Errorf("fail restore item: %w", err)
+	}
+	return nil
+}
+
+// BeginRestoreSwap moves the tenant to restoring (the edge then holds its
+// requests), unless it already is (a resumed swap).
+func (s *Store) BeginRestoreSwap(ctx context.Context, tenantID uuid.UUID, prior TenantState, actor string) error {
+	return s.InTx(ctx, func(tx *Store) error {
+		t, err := tx.GetTenantByID(ctx, tenantID)
+		if err != nil || t.State == StateRestoring {
+			return err
+		}
+		_, err = tx.Transition(ctx, TransitionParams{TenantID: tenantID, Action: "restore.begin", Actor: actor,
+			From: []TenantState{prior}, To: StateRestoring})
+		return err
+	})
+}
+
+// FinishRestoreSwap points each copied item of the tenant in the restore at
+// its restored database, keeps the database it replaces as replaced, and
+// returns the tenant to its prior state, in one transaction.
+func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.UUID, swapMS int64, actor string) error {
+	return s.InTx(ctx, func(tx *Store) error {
+		rows, err := tx.q.Query(ctx, `SELECT installation_id, current_database_id, restored_database_id, prior_state
+			FROM restore_items WHERE restore_id = $1 AND tenant_id = $2 AND state = 'copied' FOR UPDATE`, restoreID, tenantID)
+		if err != nil {
+			return fmt.Errorf("lock restore items: %w", err)
+		}
+		type item struct {
+			inst, current, restored uuid.UUID
+			prior                   TenantState
+		}
+		items, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (item, error) {
+			var it item
+			return it, row.Scan(&it.inst, &it.current, &it.restored, &it.prior)
+		})
+		if err != nil {
+			return fmt.Errorf("lock restore items: %w", err)
+		}
+		if len(items) == 0 {
+			return nil
+		}
+		for _, it := range items {
+			tag, err := tx.q.Exec(ctx, `UPDATE tenant_databases SET state = 'replaced', updated_at = now()
+				WHERE id = $1 AND state = 'assigned' AND installation_id = $2`, it.current, it.inst)
+			if err != nil {
+				return fmt.Errorf("replace database: %w", err)
+			}
+			if tag.RowsAffected() != 1 {
+				return Conflict("database_changed", "database %s is no longer the installation's: nothing swapped", it.current)
+			}
+			if _, err := tx.q.Exec(ctx, `UPDATE tenant_databases SET state = 'assigned', installation_id = $2, updated_at = now()
+				WHERE id = $1`, it.restored, it.inst); err != nil {
+				return mapError(fmt.Errorf("assign restored database: %w", err))
+			}
+			if _, err := tx.q.Exec(ctx, `UPDATE restore_items SET state = 'swapped', swapped_at = now(), swap_ms = $3, updated_at = now()
+				WHERE restore_id = $1 AND installation_id = $2`, restoreID, it.inst, swapMS); err != nil {
+				return fmt.Errorf("mark restore item swapped: %w", err)
+			}
+		}
+		_, err = tx.Transition(ctx, TransitionParams{TenantID: tenantID, Action: "restore.swap", Actor: actor,
+			From: []TenantState{StateRestoring}, To: items[0].prior, Reason: "restore " + restoreID.String()})
+		return err
+	})
+}
+
+// AbortRestoreSwap fails the tenant's unfinished items and returns the
+// tenant from restoring to its prior state, if it is restoring.
+func (s *Store) AbortRestoreSwap(ctx context.Context, restoreID, tenantID uuid.UUID, prior TenantState, msg, actor string) error {
+	return s.InTx(ctx, func(tx *Store) error {
+		if _, err := tx.q.Exec(ctx, `UPDATE restore_items SET state = 'failed', error = $3, updated_at = now()
+			WHERE restore_id = $1 AND tenant_id = $2 AND state IN ('pending', 'copied')`, restoreID, tenantID, truncate(msg, 2000)); err != nil {
+			return fmt.Errorf("fail restore items: %w", err)
+		}
+		t, err := tx.GetTenantByID(ctx, tenantID)
+		if err != nil || t.State != StateRestoring {
+			return err
+		}
+		_, err = tx.Transition(ctx, TransitionParams{TenantID: tenantID, Action: "restore.abort", Actor: actor,
+			From: []TenantState{StateRestoring}, To: prior, Reason: truncate(msg, 1000)})
+		return err
+	})
+}
+
+// FinishRestore ends a restore whose items are all swapped or failed, and
+// returns it.
+func (s *Store) FinishRestore(ctx context.Context, id uuid.UUID, msg string) (Restore, error) {
+	_, err := s.q.Exec(ctx, `
+		WITH c AS (SELECT count(*) FILTER (WHERE state = 'swapped') AS ok, count(*) FILTER (WHERE state = 'failed') AS bad,
+			count(*) FILTER (WHERE state IN ('pending', 'copied')) AS open FROM restore_items WHERE restore_id = $1)
+		UPDATE restores SET state = CASE WHEN c.bad = 0 THEN 'succeeded' WHEN c.ok = 0 THEN 'failed' ELSE 'finished_with_failures' END,
+			error = $2, finished_at = now(), updated_at = now()
+		FROM c WHERE id = $1 AND state = 'running' AND c.open = 0`, id, truncate(msg, 2000))
+	if err != nil {
+		return Restore{}, fmt.Errorf("finish restore: %w", err)
+	}
+	return s.GetRestore(ctx, id)
+}
+
+// FailRestore fails every unfinished item of a restore and ends it.
+func (s *Store) FailRestore(ctx context.Context, id uuid.UUID, msg string) (Restore, error) {
+	if _, err := s.q.Exec(ctx, `UPDATE restore_items SET state = 'failed', error = $2, updated_at = now()
+		WHERE restore_id = $1 AND state = 'pending'`, id, truncate(msg, 2000)); err != nil {
+		return Restore{}, fmt.Errorf("fail restore: %w", err)
+	}
+	return s.FinishRestore(ctx, id, msg)
+}

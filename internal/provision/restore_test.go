@@ -1,0 +1,253 @@
+package provision_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/plinth-platform/plinth/internal/backup"
+	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
+	"github.com/plinth-platform/plinth/internal/provision"
+	"github.com/plinth-platform/plinth/internal/testkit"
+)
+
+// backedUp is a bundle whose shard s1 archives its WAL into a repository
+// and has a full backup.
+func backedUp(t *testing.T) (bundle, *backup.PgBackRest) {
+	t.Helper()
+	if _, err := exec.LookPath("pgbackrest"); err != nil {
+		testkit.Unavailable(t, "pgbackrest is not installed (apt install pgbackrest)")
+	}
+	if _, err := localpg.FindBinDir(); err != nil {
+		testkit.Unavailable(t, "%v", err)
+	}
+	ctx := testkit.Context(t, 5*time.Minute)
+	cred, err := localpg.OSUser()
+	must(t, err)
+	dir := testkit.Dir(t)
+	port, err := localpg.FreePort()
+	must(t, err)
+	pg := &localpg.Cluster{Dir: dir + "/pg", Port: port, Password: localpg.RandomPassword(), SocketDir: dir + "/s"}
+	br, err := backup.New(backup.Config{Home: dir + "/br", Repo: dir + "/repo", CipherPass: "restore-test-key-0123456789abcdefgh", Cred: cred},
+		backup.Stanza{Name: "s1", DataDir: pg.DataDir(), Port: port, SocketDir: pg.SocketDir, User: localpg.Superuser, Password: pg.Password})
+	must(t, err)
+	pg.Settings = br.ArchiveSettings("s1")
+	must(t, pg.Init(ctx))
+	_, err = pg.Start(ctx)
+	must(t, err)
+	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
+	must(t, br.Create(ctx, "s1"))
+	b := setup(t, options{shard: pg, cfg: provision.Config{Restorer: br, ScratchDir: dir + "/scratch",
+		RetryBase: 100 * time.Millisecond, JobTimeout: 20 * time.Second, RescueAfter: 30 * time.Second}})
+	return b, br
+}
+
+func (b bundle) active(t *testing.T, slug string) catalog.Tenant {
+	t.Helper()
+	_, op := b.create(t, slug)
+	if got := b.waitOperation(t, op.ID); got.State != catalog.OperationSucceeded {
+		t.Fatalf("provision %s: %+v", slug, got)
+	}
+	tn := b.tenant(t, slug)
+	b.identity(t, tn.Installations[0].Database)
+	return tn
+}
+
+func (b bundle) notes(t *testing.T, db string) string {
+	t.Helper()
+	conn, err := pgx.Connect(b.ctx, b.shard.DSN(db))
+	must(t, err)
+	defer conn.Close(b.ctx)
+	rows, err := conn.Query(b.ctx, `SELECT body FROM notes ORDER BY id`)
+	must(t, err)
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	must(t, err)
+	return strings.Join(got, ",")
+}
+
+func (b bundle) now(t *testing.T) time.Time {
+	t.Helper()
+	var now time.Time
+	must(t, b.store.Pool().QueryRow(b.ctx, `SELECT clock_timestamp()`).Scan(&now))
+	return now
+}
+
+func (b bundle) waitRestore(t *testing.T, id uuid.UUID) catalog.Restore {
+	t.Helper()
+	var r catalog.Restore
+	testkit.Eventually(t, 3*time.Minute, "the restore to finish", func() (bool, error) {
+		var err error
+		r, err = b.store.GetRestore(b.ctx, id)
+		return err == nil && r.State != catalog.RestoreRunning, fmt.Errorf("%+v %v", r, err)
+	})
+	return r
+}
+
+func wantCode(t *testing.T, what string, err error, code string) {
+	t.Helper()
+	ce, ok := catalog.AsError(err)
+	if !ok || ce.Code != code {
+		t.Errorf("%s: %v, want error %s", what, err, code)
+	}
+}
+
+// A tenant's database comes back as it was at a moment between two writes:
+// what was committed before is there, what came after is not. Another
+// tenant on the same shard is untouched. The tenant keeps its ID, the
+// database it had is kept (and refuses connections), and the swap can be
+// undone.
+func TestRestoreATenantToAPointInTime(t *testing.T) {
+	t.Parallel()
+	b, br := backedUp(t)
+	acme, globex := b.active(t, "acme"), b.active(t, "globex")
+	acmeDB, globexDB := acme.Installations[0].Database, globex.Installations[0].Database
+	for _, db := range []string{acmeDB, globexDB} {
+		b.exec(t, db, `INSERT INTO notes (body) VALUES ('in the backup')`)
+	}
+	must(t, br.Backup(b.ctx, "s1", backup.Full))
+	time.Sleep(1500 * time.Millisecond) // backup stop times are whole seconds
+
+	// Before any backup ended: refused, nothing recorded.
+	_, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme"}, Target: ptr(acme.CreatedAt.Add(time.Millisecond)), Actor: "test"})
+	wantCode(t, "a target before the first backup", err, "no_backup_before_target")
+
+	b.exec(t, acmeDB, `INSERT INTO notes (body) VALUES ('before the target')`)
+	target := b.now(t)
+	time.Sleep(100 * time.Millisecond)
+	b.exec(t, acmeDB, `INSERT INTO notes (body) VALUES ('after the target'); DROP TABLE IF EXISTS nothing`)
+	b.exec(t, globexDB, `INSERT INTO notes (body) VALUES ('globex after the target')`)
+
+	for _, tt := range []struct {
+		name string
+		p    catalog.CreateRestoreParams
+		code string
+	}{
+		{"a time in the future", catalog.CreateRestoreParams{Tenants: []string{"acme"}, Target: ptr(time.Now().Add(time.Hour))}, "target_in_future"},
+		{"beyond retention", catalog.CreateRestoreParams{Tenants: []string{"acme"}, Target: ptr(time.Now().AddDate(0, -2, 0))}, "target_beyond_retention"},
+		{"an unknown tenant", catalog.CreateRestoreParams{Tenants: []string{"acme", "initech"}, Target: &target}, "tenant_not_found"},
+		{"an unknown product", catalog.CreateRestoreParams{Tenants: []string{"acme"}, Product: "nope", Target: &target}, "installation_not_found"},
+		{"before the tenant existed", catalog.CreateRestoreParams{Tenants: []string{"acme"}, Target: ptr(acme.CreatedAt.Add(-time.Minute))}, "target_before_tenant"},
+		{"no tenant", catalog.CreateRestoreParams{Target: &target}, "invalid_tenants"},
+		{"an undo with nothing to undo", catalog.CreateRestoreParams{Tenants: []string{"acme"}}, "nothing_to_undo"},
+	} {
+		tt.p.Actor = "test"
+		_, err := b.svc.StartRestore(b.ctx, b.store, tt.p)
+		wantCode(t, tt.name, err, tt.code)
+	}
+	var n int
+	must(t, b.store.Pool().QueryRow(b.ctx, `SELECT count(*) FROM restores`).Scan(&n))
+	if n != 0 {
+		t.Fatalf("refused requests recorded %d restores", n)
+	}
+
+	r, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme"}, Target: &target, Actor: "test"})
+	must(t, err)
+	_, err = b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{acme.ID.String()}, Target: &target, Actor: "test"})
+	wantCode(t, "a second restore while one runs", err, "restore_running")
+
+	r = b.waitRestore(t, r.ID)
+	if r.State != catalog.RestoreSucceeded || len(r.Items) != 1 {
+		t.Fatalf("restore = %+v", r)
+	}
+	it := r.Items[0]
+	t.Logf("restore %s: scratch restore %d ms, replay %d ms, copy %d ms, swap %d ms", it.Tenant, *it.RestoreMS, *it.ReplayMS, *it.CopyMS, *it.SwapMS)
+	after := b.tenant(t, "acme")
+	if after.ID != acme.ID || after.State != catalog.StateActive {
+		t.Fatalf("tenant after the restore: %+v", after)
+	}
+	newDB := after.Installations[0].Database
+	if newDB == acmeDB || newDB != it.RestoredDatabase {
+		t.Fatalf("the installation uses %s; the restore made %s (it had %s)", newDB, it.RestoredDatabase, acmeDB)
+	}
+	if got := b.notes(t, newDB); got != "in the backup,before the target" {
+		t.Fatalf("restored acme holds %q, want the rows before the target only", got)
+	}
+	if got := b.notes(t, globexDB); got != "in the backup,globex after the target" {
+		t.Fatalf("globex changed: %q", got)
+	}
+	if id, _ := b.identity(t, newDB); *id != acme.ID {
+		t.Fatalf("the restored database carries tenant %s", id)
+	}
+	old, err := b.store.GetDatabase(b.ctx, *acme.Installations[0].DatabaseID)
+	must(t, err)
+	if old.State != catalog.DatabaseReplaced {
+		t.Fatalf("the replaced database is %s", old.State)
+	}
+	if conn, err := pgx.Connect(b.ctx, b.shard.DSN(acmeDB)); err == nil {
+		conn.Close(b.ctx)
+		t.Fatal("the replaced database still takes connections")
+	}
+
+	// Undo: the database it had comes back, with everything written to it.
+	u, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme"}, Actor: "test"})
+	must(t, err)
+	if u = b.waitRestore(t, u.ID); u.State != catalog.RestoreSucceeded {
+		t.Fatalf("undo = %+v", u)
+	}
+	if db := b.tenant(t, "acme").Installations[0].Database; db != acmeDB {
+		t.Fatalf("after the undo acme uses %s, want %s", db, acmeDB)
+	}
+	if got := b.notes(t, acmeDB); got != "in the backup,before the target,after the target" {
+		t.Fatalf("after the undo acme holds %q", got)
+	}
+}
+
+// A restore whose worker dies while it runs resumes in the next worker
+// from what the catalog recorded: the tenant ends restored exactly once,
+// never half-swapped.
+func TestRestoreResumesAfterTheWorkerDies(t *testing.T) {
+	t.Parallel()
+	b, br := backedUp(t)
+	acme := b.active(t, "acme")
+	db := acme.Installations[0].Database
+	b.exec(t, db, `INSERT INTO notes (body) VALUES ('kept')`)
+	must(t, br.Backup(b.ctx, "s1", backup.Full))
+	time.Sleep(1500 * time.Millisecond)
+	target := b.now(t)
+	b.exec(t, db, `INSERT INTO notes (body) VALUES ('lost')`)
+
+	// Stop the worker as soon as the copy is recorded, mid-restore.
+	must(t, b.stopWorker())
+	r, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme"}, Target: &target, Actor: "test"})
+	must(t, err)
+	b.startWorker(t)
+	testkit.Eventually(t, 2*time.Minute, "the copy to be reserved", func() (bool, error) {
+		r, err := b.store.GetRestore(b.ctx, r.ID)
+		return err == nil && r.Items[0].RestoredDatabaseID != nil, errors.Join(err, errors.New("not yet"))
+	})
+	must(t, b.stopWorker())
+	// Whatever step it died at, the tenant points at a database that exists.
+	st := b.tenant(t, "acme")
+	t.Logf("the worker died with the tenant %s on %s, the restore's item %s", st.State, st.Installations[0].Database, b.item(t, r.ID).State)
+	if !slices.Contains(b.shardDatabases(t), st.Installations[0].Database) {
+		t.Fatalf("the tenant points at %s, which does not exist", st.Installations[0].Database)
+	}
+	b.startWorker(t)
+	r = b.waitRestore(t, r.ID)
+	if r.State != catalog.RestoreSucceeded {
+		t.Fatalf("restore = %+v", r)
+	}
+	tn := b.tenant(t, "acme")
+	if tn.State != catalog.StateActive || b.notes(t, tn.Installations[0].Database) != "kept" {
+		t.Fatalf("after the resumed restore: %s, %q", tn.State, b.notes(t, tn.Installations[0].Database))
+	}
+	b.assertNoOrphans(t)
+}
+
+func (b bundle) item(t *testing.T, id uuid.UUID) catalog.RestoreItem {
+	t.Helper()
+	r, err := b.store.GetRestore(b.ctx, id)
+	must(t, err)
+	return r.Items[0]
+}
+
+func ptr[T any](v T) *T { return &v }
