@@ -93,7 +93,9 @@ type restoreWorker struct {
 	*workers
 }
 
-func (w *restoreWorker) NextRetry(job *river.Job[RestoreArgs]) time.Time { return w.backoff(job.Attempt) }
+func (w *restoreWorker) NextRetry(job *river.Job[RestoreArgs]) time.Time {
+	return w.backoff(job.Attempt)
+}
 
 // Timeout is generous: a large tenant's copy takes minutes. A second
 // worker that picks the job up meanwhile (River rescues long jobs) waits on
