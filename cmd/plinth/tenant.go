@@ -14,7 +14,7 @@ import (
 
 func tenantCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "tenant", Short: "Create, inspect and change tenants (named by slug or ID)"}
-	cmd.AddCommand(tenantCreateCmd(g), tenantListCmd(g), tenantGetCmd(g), tenantHistoryCmd(g), tenantDomainCmd(g))
+	cmd.AddCommand(tenantCreateCmd(g), tenantListCmd(g), tenantGetCmd(g), tenantHistoryCmd(g), tenantDomainCmd(g), tenantRestoreCmd(g))
 	for _, a := range catalog.Actions {
 		cmd.AddCommand(tenantActionCmd(g, a))
 	}

@@ -41,6 +41,17 @@ func TestFleetMigrationOverHTTP(t *testing.T) {
 		// This control plane runs no backups.
 		{"GET", "/v1/backups", ``, 404, "backups_not_configured"},
 		{"POST", "/v1/backups", `{"shard": "s1"}`, 404, "backups_not_configured"},
+		{"POST", "/v1/restores", `{"tenants": ["acme"], "to": "-15m"}`, 404, "backups_not_configured"},
+		{"POST", "/v1/restores", `{"tenants": ["acme"]}`, 422, "invalid_target"},
+		{"POST", "/v1/restores", `{"tenants": ["acme"], "to": "yesterday"}`, 422, "invalid_target"},
+		{"POST", "/v1/restores", `{"tenants": ["acme"], "to": "15m"}`, 422, "invalid_target"},
+		{"POST", "/v1/restores", `{"tenants": ["acme"], "to": "-15m", "undo": true}`, 422, "invalid_target"},
+		{"POST", "/v1/restores", `{"tenants": [""], "undo": true}`, 422, "invalid_tenants"},
+		{"POST", "/v1/restores", `{"tenants": ["nosuch"], "undo": true}`, 404, "tenant_not_found"},
+		{"POST", "/v1/restores", `{"tenants": [], "undo": true}`, 422, "invalid_tenants"},
+		{"POST", "/v1/restores", `{"tenants": ["acme"], "undo": true, "concurrency": 99}`, 422, "invalid_concurrency"},
+		{"GET", "/v1/restores/not-a-uuid", ``, 404, "restore_not_found"},
+		{"GET", "/v1/restores/01a24914-dd44-72f7-8f19-668642b236de", ``, 404, "restore_not_found"},
 	} {
 		status, code := b.raw(t, tt.method, tt.path, "Bearer "+token, "application/json", tt.body)
 		if status != tt.status || code != tt.code {

@@ -160,6 +160,8 @@ func (s *Server) routeTable() []route {
 		{method: "POST", path: "/v1/migrations/{id}/resume", handler: s.resumeMigration, idempotent: true},
 		{method: "GET", path: "/v1/backups", handler: s.listBackups},
 		{method: "POST", path: "/v1/backups", handler: s.runBackup},
+		{method: "POST", path: "/v1/restores", handler: s.startRestore, idempotent: true},
+		{method: "GET", path: "/v1/restores/{id}", handler: s.getRestore},
 		{method: "GET", path: "/v1/warm-pools", handler: s.listWarmPools},
 		{method: "PUT", path: "/v1/warm-pools/{shard}/{product}", handler: s.setWarmPool},
 		{method: "GET", path: "/v1/tenants", handler: s.listTenants},

@@ -258,14 +258,11 @@ func (p *PgBackRest) Info(ctx context.Context, stanza string) (Info, error) {
 }
 
 // RestoreDatabases restores only databases dbs of the stanza (with the
-// cluster's system databases) into dataDir, an empty directory, set to
+// cluster's system databases; all of them when dbs is empty) into dataDir, an empty directory, set to
 // replay WAL to target and then promote, with archiving off so the copy
 // never pushes into the repository. Starting a server on dataDir (on a port
 // of its own) performs the replay.
 func (p *PgBackRest) RestoreDatabases(ctx context.Context, stanza string, dbs []string, dataDir string, target time.Time) error {
-	if len(dbs) == 0 {
-		return errors.New("backup: no database to restore")
-	}
 	args := []string{"restore", "--pg1-path=" + dataDir}
 	for _, db := range dbs {
 		if db == "" || strings.ContainsAny(db, " \t\n'\"\\") {
@@ -326,20 +323,37 @@ func (p *PgBackRest) Scratch(ctx context.Context, stanza string, dbs []string, t
 	if !ok {
 		return nil, took, fmt.Errorf("backup: shard %s is not backed up here", stanza)
 	}
-	// Recovery needs connection and worker limits no lower than the shard's,
-	// so the scratch server keeps the shard's settings but for archiving.
+	// Recovery needs connection and worker limits no lower than the
+	// shard's; recoveryLimits reads them from the restored control file.
 	c := &localpg.Cluster{Dir: dir, Password: s.Password, Settings: map[string]string{"archive_mode": "off"}}
 	if err := DiscardScratch(ctx, dir); err != nil {
 		return nil, took, err
 	}
-	if err := p.Check(ctx, stanza); err != nil { // everything up to now is in the repository
+	// Replay stops at the first commit after the target; on a quiet shard
+	// there may be none yet, so write one, then wait until everything up to
+	// it is in the repository.
+	if err := commitMark(ctx, s); err != nil {
+		return nil, took, err
+	}
+	if err := p.Check(ctx, stanza); err != nil {
 		return nil, took, err
 	}
 	began := time.Now()
-	if err := p.RestoreDatabases(ctx, stanza, dbs, c.DataDir(), target); err != nil {
+	err := p.RestoreDatabases(ctx, stanza, dbs, c.DataDir(), target)
+	if err != nil && strings.Contains(err.Error(), "database to include") {
+		// A database created after the backup is only in the WAL: restore
+		// the whole cluster, and the replay brings it back.
+		if err = DiscardScratch(ctx, dir); err == nil {
+			err = p.RestoreDatabases(ctx, stanza, nil, c.DataDir(), target)
+		}
+	}
+	if err != nil {
 		return nil, took, err
 	}
 	took[0] = time.Since(began)
+	if err := recoveryLimits(ctx, c); err != nil {
+		return nil, took, err
+	}
 	began = time.Now()
 	port, err := localpg.FreePort()
 	if err != nil {
@@ -431,4 +445,51 @@ func serverFailure(logPath string) string {
 		}
 	}
 	return lastLines(strings.Join(out, "\n"), 3)
+}
+
+// recoveryLimits sets the scratch server's limits that recovery requires
+// to be no lower than the primary's, read from the restored control file.
+func recoveryLimits(ctx context.Context, c *localpg.Cluster) error {
+	bin, err := localpg.FindBinDir()
+	if err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_controldata"), c.DataDir()).Output()
+	if err != nil {
+		return fmt.Errorf("backup: read the restored control file: %w", err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		name, value, ok := strings.Cut(l, " setting:")
+		value = strings.TrimSpace(value)
+		switch name = strings.TrimSpace(name); {
+		case !ok:
+		case name == "max_prepared_xacts":
+			c.Settings["max_prepared_transactions"] = value
+		case name == "max_locks_per_xact":
+			c.Settings["max_locks_per_transaction"] = value
+		case name == "max_connections", name == "max_worker_processes", name == "max_wal_senders":
+			c.Settings[name] = value
+		}
+	}
+	return nil
+}
+
+// commitMark commits a transaction on the stanza's server that writes a
+// commit record (it takes a transaction ID), so that WAL holds a commit
+// after any target up to now.
+func commitMark(ctx context.Context, s Stanza) error {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres sslmode=disable connect_timeout=10", s.Port))
+	if err != nil {
+		return err
+	}
+	cfg.User, cfg.Password = cmp.Or(s.User, "postgres"), s.Password
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("backup: connect to shard %s: %w", s.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		return fmt.Errorf("backup: mark the WAL of shard %s: %w", s.Name, err)
+	}
+	return nil
 }

@@ -14,9 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/fleet/localpg"
+	"github.com/plinth-platform/plinth/internal/provision"
 )
 
 const backupKeyFile = "backup-key"
@@ -145,4 +147,26 @@ func readOrCreateKey(home string) (string, error) {
 	_, _ = rand.Read(b)
 	k := base64.RawURLEncoding.EncodeToString(b)
 	return k, os.WriteFile(path, []byte(k+"\n"), 0o600)
+}
+
+func (d *devBackups) CheckTarget(ctx context.Context, stanza string, target time.Time) error {
+	if err := d.wait(ctx); err != nil {
+		return err
+	}
+	return d.PgBackRest.CheckTarget(ctx, stanza, target)
+}
+
+func (d *devBackups) Scratch(ctx context.Context, stanza string, dbs []string, target time.Time, dir string) (*localpg.Cluster, [2]time.Duration, error) {
+	if err := d.wait(ctx); err != nil {
+		return nil, [2]time.Duration{}, err
+	}
+	return d.PgBackRest.Scratch(ctx, stanza, dbs, target, dir)
+}
+
+// restorer keeps a nil *devBackups from becoming a non-nil interface.
+func restorer(b *devBackups) provision.Restorer {
+	if b == nil {
+		return nil
+	}
+	return b
 }

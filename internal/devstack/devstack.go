@@ -145,9 +145,10 @@ func Run(ctx context.Context, cfg Config) error {
 		DatabaseURL: dbURL, Roles: []server.Role{server.RoleControl, server.RoleWorker},
 		Listen: cfg.Listen, AdminToken: token, Logger: logger,
 		// A local fleet's domains resolve to this machine.
-		Domains:   &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
-		Provision: provision.Config{JobTimeout: time.Minute, RescueAfter: 70 * time.Second},
-		Backups:   apiBackups(backups),
+		Domains: &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
+		Provision: provision.Config{JobTimeout: time.Minute, RescueAfter: 70 * time.Second,
+			Restorer: restorer(backups), ScratchDir: filepath.Join(home, "restore")},
+		Backups: apiBackups(backups),
 	})
 	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {

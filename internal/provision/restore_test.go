@@ -41,6 +41,8 @@ func backedUp(t *testing.T) (bundle, *backup.PgBackRest) {
 		backup.Stanza{Name: "s1", DataDir: pg.DataDir(), Port: port, SocketDir: pg.SocketDir, User: localpg.Superuser, Password: pg.Password})
 	must(t, err)
 	pg.Settings = br.ArchiveSettings("s1")
+	// Above the default: the scratch server must match it to replay.
+	pg.Settings["max_connections"] = "150"
 	must(t, pg.Init(ctx))
 	_, err = pg.Start(ctx)
 	must(t, err)
