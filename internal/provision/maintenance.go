@@ -131,14 +131,15 @@ func (w *sweepWorker) Timeout(*river.Job[SweepArgs]) time.Duration { return 10 *
 // Work drops databases marked for dropping (abandoned intents, retired warm
 // databases), fails operations whose job ended without finishing them,
 // queues purges of tenants whose retention ended, removes service
-// instances that stopped heartbeating, and prunes the change log.
+// instances that stopped heartbeating, prunes the change log and hands on
+// restores whose worker died.
 func (w *sweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
 	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
 	if err != nil {
 		return err
 	}
 	return errors.Join(w.dropMarked(ctx), w.failOrphanedOperations(ctx, client), w.purgeExpired(ctx, client),
-		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx), w.pruneChanges(ctx))
+		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx), w.pruneChanges(ctx), w.resumeOrphanedRestores(ctx))
 }
 
 func (w *sweepWorker) pruneChanges(ctx context.Context) error {

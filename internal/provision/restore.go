@@ -367,3 +367,44 @@ func (w *restoreWorker) giveUp(ctx context.Context, id uuid.UUID, cause error) e
 	_, err = w.store.FinishRestore(ctx, id, failureReason(cause))
 	return err
 }
+
+// resumeOrphanedRestores hands on the job of a restore whose worker died:
+// River rescues a job only after its timeout, hours for a restore, but a
+// worker that carries a restore out holds the restore's lock on a live
+// connection, so a running job whose lock is free has no worker. It is made
+// retryable at once (as River's own rescuer would).
+func (w *workers) resumeOrphanedRestores(ctx context.Context) error {
+	rows, err := w.store.Pool().Query(ctx, `
+		SELECT r.id, j.id FROM restores r
+		JOIN river_job j ON j.kind = $1 AND j.args ->> 'restore_id' = r.id::text
+		WHERE r.state = 'running' AND j.state = 'running' AND j.attempted_at < now() - interval '30 seconds'`,
+		RestoreArgs{}.Kind())
+	if err != nil {
+		return fmt.Errorf("find orphaned restores: %w", err)
+	}
+	type orphan struct {
+		restore uuid.UUID
+		job     int64
+	}
+	orphans, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (orphan, error) {
+		var o orphan
+		return o, row.Scan(&o.restore, &o.job)
+	})
+	if err != nil {
+		return fmt.Errorf("find orphaned restores: %w", err)
+	}
+	for _, o := range orphans {
+		unlock, err := w.lockRestore(ctx, o.restore)
+		if err != nil {
+			continue // a worker is on it
+		}
+		_, err = w.store.Pool().Exec(ctx, `UPDATE river_job SET state = 'retryable', scheduled_at = now()
+			WHERE id = $1 AND state = 'running'`, o.job)
+		unlock()
+		if err != nil {
+			return fmt.Errorf("hand on orphaned restore %s: %w", o.restore, err)
+		}
+		w.log.Warn("resuming a restore whose worker died", "restore_id", o.restore, "job_id", o.job)
+	}
+	return nil
+}
