@@ -65,7 +65,7 @@ it resumes when Plinth starts again.`,
 			case !undo:
 				t, err := api.ParseRestoreTarget(to, time.Now())
 				if err != nil {
-					return errors.New(strings.TrimPrefix(err.Error(), "invalid_target: "))
+					return err
 				}
 				req.To = t.UTC().Format(time.RFC3339Nano) // fixed now, not when the server reads it
 			}

@@ -258,12 +258,12 @@ func (p *PgBackRest) Info(ctx context.Context, stanza string) (Info, error) {
 }
 
 // RestoreDatabases restores only databases dbs of the stanza (with the
-// cluster's system databases; all of them when dbs is empty) into dataDir, an empty directory, set to
-// replay WAL to target and then promote, with archiving off so the copy
-// never pushes into the repository. Starting a server on dataDir (on a port
-// of its own) performs the replay.
+// cluster's system databases; every database when dbs is empty) into
+// dataDir, an empty directory, set to replay WAL to target and then
+// promote, with archiving off so the copy never pushes into the repository.
+// Starting a server on dataDir (on a port of its own) performs the replay.
 func (p *PgBackRest) RestoreDatabases(ctx context.Context, stanza string, dbs []string, dataDir string, target time.Time) error {
-	args := []string{"restore", "--pg1-path=" + dataDir}
+	args := []string{"--pg1-path=" + dataDir}
 	for _, db := range dbs {
 		if db == "" || strings.ContainsAny(db, " \t\n'\"\\") {
 			return fmt.Errorf("backup: %q is not a database name to restore", db)
@@ -283,7 +283,7 @@ func (p *PgBackRest) RestoreDatabases(ctx context.Context, stanza string, dbs []
 	}
 	args = append(args, "--type=time", "--target="+target.UTC().Format("2006-01-02 15:04:05.999999+00"),
 		"--target-action=promote", "--archive-mode=off")
-	_, err := p.run(ctx, stanza, args[0], args[1:]...)
+	_, err := p.run(ctx, stanza, "restore", args...)
 	return err
 }
 
@@ -323,8 +323,6 @@ func (p *PgBackRest) Scratch(ctx context.Context, stanza string, dbs []string, t
 	if !ok {
 		return nil, took, fmt.Errorf("backup: shard %s is not backed up here", stanza)
 	}
-	// Recovery needs connection and worker limits no lower than the
-	// shard's; recoveryLimits reads them from the restored control file.
 	c := &localpg.Cluster{Dir: dir, Password: s.Password, Settings: map[string]string{"archive_mode": "off"}}
 	if err := DiscardScratch(ctx, dir); err != nil {
 		return nil, took, err
@@ -351,6 +349,8 @@ func (p *PgBackRest) Scratch(ctx context.Context, stanza string, dbs []string, t
 		return nil, took, err
 	}
 	took[0] = time.Since(began)
+	// Recovery needs connection and worker limits no lower than the
+	// shard's; recoveryLimits reads them from the restored control file.
 	if err := recoveryLimits(ctx, c); err != nil {
 		return nil, took, err
 	}

@@ -436,12 +436,3 @@ func (s *Store) FinishRestore(ctx context.Context, id uuid.UUID, msg string) (Re
 	}
 	return s.GetRestore(ctx, id)
 }
-
-// FailRestore fails every unfinished item of a restore and ends it.
-func (s *Store) FailRestore(ctx context.Context, id uuid.UUID, msg string) (Restore, error) {
-	if _, err := s.q.Exec(ctx, `UPDATE restore_items SET state = 'failed', error = $2, updated_at = now()
-		WHERE restore_id = $1 AND state = 'pending'`, id, truncate(msg, 2000)); err != nil {
-		return Restore{}, fmt.Errorf("fail restore: %w", err)
-	}
-	return s.FinishRestore(ctx, id, msg)
-}

@@ -55,37 +55,58 @@ var restoreOpts = &river.InsertOpts{
 
 // StartRestore checks a restore request, records it and queues its job in
 // one transaction. A target time needs, on every shard involved, a backup
-// that ended before it.
+// that ended before it; that is checked first, outside the transaction, so
+// that no tenant row stays locked while pgBackRest reads the repository.
 func (s *Service) StartRestore(ctx context.Context, st *catalog.Store, p catalog.CreateRestoreParams) (catalog.Restore, error) {
-	if p.Target != nil && s.cfg.Restorer == nil {
-		return catalog.Restore{}, catalog.NotFound("backups_not_configured",
-			"this control plane runs no backups, so it cannot restore (plinth dev sets them up when pgbackrest is installed)")
-	}
 	p.Retention = time.Duration(backup.RetentionDaysDefault) * 24 * time.Hour
+	if p.Target != nil {
+		if s.cfg.Restorer == nil {
+			return catalog.Restore{}, catalog.NotFound("backups_not_configured",
+				"this control plane runs no backups, so it cannot restore (plinth dev sets them up when pgbackrest is installed)")
+		}
+		if err := s.checkTarget(ctx, st, p); err != nil {
+			return catalog.Restore{}, err
+		}
+	}
 	var r catalog.Restore
 	err := st.InTx(ctx, func(tx *catalog.Store) error {
 		var err error
 		if r, err = tx.CreateRestore(ctx, p); err != nil {
 			return err
 		}
-		if p.Target != nil {
-			checked := map[string]bool{}
-			for _, it := range r.Items {
-				if checked[it.Shard] {
-					continue
-				}
-				checked[it.Shard] = true
-				if err := s.cfg.Restorer.CheckTarget(ctx, it.Shard, *p.Target); errors.Is(err, backup.ErrNoBackupBefore) {
-					return catalog.Invalid("no_backup_before_target", "%v", err)
-				} else if err != nil {
-					return catalog.Unavailable("backups_unavailable", "cannot read the backups of shard %s: %v", it.Shard, err)
-				}
-			}
-		}
 		_, err = s.river.InsertTx(ctx, tx.Tx(), RestoreArgs{RestoreID: r.ID}, restoreOpts)
 		return err
 	})
 	return r, err
+}
+
+// checkTarget checks each shard the tenants' databases are on. What
+// CreateRestore refuses by itself (a target in the future or beyond
+// retention, an unknown tenant, one created after the target) is left to
+// it, so that it gives its own reason.
+func (s *Service) checkTarget(ctx context.Context, st *catalog.Store, p catalog.CreateRestoreParams) error {
+	if now := time.Now(); p.Target.After(now) || p.Target.Before(now.Add(-p.Retention)) {
+		return nil
+	}
+	checked := map[string]bool{}
+	for _, ref := range p.Tenants {
+		t, err := st.GetTenant(ctx, ref)
+		if err != nil || p.Target.Before(t.CreatedAt) {
+			continue
+		}
+		for _, in := range t.Installations {
+			if in.Shard == "" || checked[in.Shard] || (p.Product != "" && in.Product != p.Product) {
+				continue
+			}
+			checked[in.Shard] = true
+			if err := s.cfg.Restorer.CheckTarget(ctx, in.Shard, *p.Target); errors.Is(err, backup.ErrNoBackupBefore) {
+				return catalog.Invalid("no_backup_before_target", "%v", err)
+			} else if err != nil {
+				return catalog.Unavailable("backups_unavailable", "cannot read the backups of shard %s: %v", in.Shard, err)
+			}
+		}
+	}
+	return nil
 }
 
 type restoreWorker struct {

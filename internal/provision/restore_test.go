@@ -201,6 +201,19 @@ func TestRestoreATenantToAPointInTime(t *testing.T) {
 	if got := b.notes(t, acmeDB); got != "in the backup,before the target,after the target" {
 		t.Fatalf("after the undo acme holds %q", got)
 	}
+
+	// Both tenants in one request: one scratch restore of the shard, and
+	// each tenant's own database at the target.
+	m, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme", "globex"}, Target: &target, Actor: "test"})
+	must(t, err)
+	if m = b.waitRestore(t, m.ID); m.State != catalog.RestoreSucceeded || len(m.Items) != 2 {
+		t.Fatalf("restore of two tenants = %+v", m)
+	}
+	for slug, want := range map[string]string{"acme": "in the backup,before the target", "globex": "in the backup"} {
+		if got := b.notes(t, b.tenant(t, slug).Installations[0].Database); got != want {
+			t.Errorf("%s after the restore of both holds %q, want %q", slug, got, want)
+		}
+	}
 }
 
 // A restore whose worker dies while it runs resumes in the next worker
