@@ -207,11 +207,12 @@ func (p *PgBackRest) Stanzas() []string {
 	return names
 }
 
-// List returns every stanza's info, in name order.
+// List returns every stanza's info, in name order; a stanza whose
+// repository cannot be read is listed with pgBackRest's status.
 func (p *PgBackRest) List(ctx context.Context) ([]Info, error) {
 	var out []Info
 	for _, n := range p.Stanzas() {
-		in, err := p.Info(ctx, n)
+		in, err := p.info(ctx, n)
 		if err != nil {
 			return nil, err
 		}
@@ -239,8 +240,17 @@ func (p *PgBackRest) Backup(ctx context.Context, stanza string, typ Type) error 
 	return err
 }
 
-// Info describes the stanza's backups and archive.
+// Info describes the stanza's backups and archive. A repository that
+// cannot be read (a wrong key, corruption, a missing stanza) is an error.
 func (p *PgBackRest) Info(ctx context.Context, stanza string) (Info, error) {
+	in, err := p.info(ctx, stanza)
+	if err != nil {
+		return Info{}, err
+	}
+	return in, in.Unreadable()
+}
+
+func (p *PgBackRest) info(ctx context.Context, stanza string) (Info, error) {
 	out, err := p.run(ctx, stanza, "info", "--output=json")
 	if err != nil {
 		return Info{}, err

@@ -1,17 +1,22 @@
 package backup
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
 // Info is what the repository holds for one stanza.
 type Info struct {
-	Name    string `json:"shard"`
-	Status  string `json:"status"` // "ok", or pgBackRest's message
-	Backups []Set  `json:"backups"`
+	Name   string `json:"shard"`
+	Status string `json:"status"` // "ok", or pgBackRest's message
+	// Code is pgBackRest's status code: 0 ok, 2 no valid backup, 6 a
+	// backup or expire running; Unreadable says which mean trouble.
+	Code    int   `json:"status_code"`
+	Backups []Set `json:"backups"`
 	// ArchiveMin and ArchiveMax are the oldest and newest WAL segments
 	// archived.
 	ArchiveMin string `json:"archive_min"`
@@ -47,6 +52,11 @@ func ParseInfo(data []byte) ([]Info, error) {
 			Code    *int   `json:"code"`
 			Message string `json:"message"`
 		} `json:"status"`
+		Repo []struct {
+			Status struct {
+				Message string `json:"message"`
+			} `json:"status"`
+		} `json:"repo"`
 		Archive []struct {
 			Min string `json:"min"`
 			Max string `json:"max"`
@@ -71,6 +81,15 @@ func ParseInfo(data []byte) ([]Info, error) {
 			} `json:"timestamp"`
 		} `json:"backup"`
 	}
+	// A repository read with the wrong key makes pgBackRest quote the
+	// garbage it decrypted, control bytes and all, which is not JSON.
+	// Outside strings a space is whitespace, inside one it is a character.
+	data = bytes.Map(func(r rune) rune {
+		if r < 0x20 {
+			return ' '
+		}
+		return r
+	}, data)
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("backup: pgbackrest info: %w", err)
 	}
@@ -79,9 +98,15 @@ func ParseInfo(data []byte) ([]Info, error) {
 		if r.Name == "" || r.Status.Code == nil {
 			return nil, errors.New("backup: pgbackrest info: a stanza without a name or status")
 		}
-		in := Info{Name: r.Name, Status: "ok", Backups: []Set{}}
-		if *r.Status.Code != 0 {
+		in := Info{Name: r.Name, Status: "ok", Code: *r.Status.Code, Backups: []Set{}}
+		if in.Code != 0 {
 			in.Status = r.Status.Message
+			// "other" says nothing; the repository's own message says why.
+			for _, repo := range r.Repo {
+				if m := repo.Status.Message; m != "" {
+					in.Status = firstLine(m)
+				}
+			}
 		}
 		for _, a := range r.Archive {
 			if in.ArchiveMin == "" || a.Min < in.ArchiveMin {
@@ -109,4 +134,28 @@ func ParseInfo(data []byte) ([]Info, error) {
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+// Unreadable is why the stanza's repository cannot be used, or nil when it
+// can (possibly still without a backup, or with one running).
+func (in Info) Unreadable() error {
+	switch in.Code {
+	case 0, 2, 6: // ok, no valid backup yet, a backup or expire running
+		return nil
+	}
+	why := in.Status
+	if strings.Contains(why, "FormatError") || strings.Contains(why, "CryptoError") {
+		why = "its files do not decrypt: the repository key is wrong or the repository is corrupted"
+	}
+	return fmt.Errorf("backup: the repository of %s cannot be read (pgBackRest status %d): %s", in.Name, in.Code, why)
+}
+
+// firstLine is a message's first line, cut at 200 bytes: what a failed
+// decryption quotes comes after it.
+func firstLine(m string) string {
+	m, _, _ = strings.Cut(m, "\n")
+	if len(m) > 200 {
+		m = m[:200]
+	}
+	return strings.TrimSpace(m)
 }

@@ -38,11 +38,26 @@ func TestParseInfo(t *testing.T) {
 	if _, ok := infos[0].Latest(); ok {
 		t.Fatal("a latest backup where there is none")
 	}
+	if err := infos[0].Unreadable(); err != nil {
+		t.Fatalf("a stanza without a backup yet is readable: %v", err)
+	}
+	// pgBackRest with the wrong key quotes the bytes it decrypted, control
+	// bytes included: still parsed, and unreadable, without the bytes.
+	wrongKey := "[{\"archive\":[],\"backup\":[],\"name\":\"s3\",\"repo\":[{\"status\":{\"code\":99,\"message\":\"[FormatError] unable to load info file 'backup.info':\\nFormatError: key/value found outside of section at line 1: \x03\x93\xf1\t\x18\"}}],\"status\":{\"code\":99,\"message\":\"other\"}}]"
+	infos, err = ParseInfo([]byte(wrongKey))
+	if err != nil {
+		t.Fatalf("the wrong key's output: %v", err)
+	}
+	err = infos[0].Unreadable()
+	if err == nil || !strings.Contains(err.Error(), "key is wrong") || strings.ContainsAny(err.Error(), "\x03\x18") {
+		t.Fatalf("the wrong key's status: %v", err)
+	}
 }
 
 func FuzzParseInfo(f *testing.F) {
 	f.Add([]byte(infoJSON))
 	f.Add([]byte(`[{"name":"s2","status":{"code":2,"message":"x"}}]`))
+	f.Add([]byte("[{\"name\":\"s3\",\"repo\":[{\"status\":{\"message\":\"a\\nb\x03\"}}],\"status\":{\"code\":99}}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		infos, err := ParseInfo(data)
 		if err != nil {
