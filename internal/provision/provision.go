@@ -91,6 +91,16 @@ type Config struct {
 	// enter it.
 	Restorer   Restorer
 	ScratchDir string
+	// Drills (run only with a Restorer): shards' heartbeats are stamped
+	// each HeartbeatInterval; a drill of DrillSample tenants starts when
+	// none started within DrillInterval, and holds the restored heartbeat
+	// to DrillRPO.
+	// DrillDueInterval is how often a worker checks whether a drill is due.
+	HeartbeatInterval time.Duration
+	DrillDueInterval  time.Duration
+	DrillInterval     time.Duration
+	DrillSample       int
+	DrillRPO          time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -109,6 +119,11 @@ func (c Config) withDefaults() Config {
 	c.ChangeRetention = cmp.Or(c.ChangeRetention, ChangeRetentionDefault)
 	c.FetchCooldown = cmp.Or(c.FetchCooldown, FetchCooldownDefault)
 	c.ScratchDir = cmp.Or(c.ScratchDir, filepath.Join(os.TempDir(), "plinth-restore"))
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, HeartbeatIntervalDefault)
+	c.DrillDueInterval = cmp.Or(c.DrillDueInterval, time.Hour)
+	c.DrillInterval = cmp.Or(c.DrillInterval, DrillIntervalDefault)
+	c.DrillSample = cmp.Or(c.DrillSample, DrillSampleDefault)
+	c.DrillRPO = cmp.Or(c.DrillRPO, DrillRPODefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -228,6 +243,8 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(ws, &sweepWorker{workers: w})
 	river.AddWorker(ws, &migrateWorker{workers: w})
 	river.AddWorker(ws, &restoreWorker{workers: w})
+	river.AddWorker(ws, &drillWorker{workers: w})
+	river.AddWorker(ws, &drillDueWorker{workers: w})
 	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
 	periodic := func(every time.Duration, args river.JobArgs, opts *river.InsertOpts) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
@@ -250,6 +267,7 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 			periodic(cfg.HealthInterval, HealthArgs{}, maintenance),
 			periodic(cfg.RefillInterval, RefillArgs{}, refillOpts), // one refill at a time
 			periodic(cfg.SweepInterval, SweepArgs{}, maintenance),
+			periodic(cfg.DrillDueInterval, DrillDueArgs{}, drillDueOpts),
 		},
 	})
 }

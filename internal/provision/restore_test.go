@@ -24,6 +24,12 @@ import (
 // and has a full backup.
 func backedUp(t *testing.T) (bundle, *backup.PgBackRest) {
 	t.Helper()
+	return backedUpWith(t, provision.Config{})
+}
+
+// backedUpWith is backedUp with more of the provisioning configuration.
+func backedUpWith(t *testing.T, cfg provision.Config) (bundle, *backup.PgBackRest) {
+	t.Helper()
 	if _, err := exec.LookPath("pgbackrest"); err != nil {
 		testkit.Unavailable(t, "pgbackrest is not installed (apt install pgbackrest)")
 	}
@@ -48,8 +54,9 @@ func backedUp(t *testing.T) (bundle, *backup.PgBackRest) {
 	must(t, err)
 	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
 	must(t, br.Create(ctx, "s1"))
-	b := setup(t, options{shard: pg, cfg: provision.Config{Restorer: br, ScratchDir: dir + "/scratch",
-		RetryBase: 100 * time.Millisecond, JobTimeout: 20 * time.Second, RescueAfter: 30 * time.Second}})
+	cfg.Restorer, cfg.ScratchDir = br, dir+"/scratch"
+	cfg.RetryBase, cfg.JobTimeout, cfg.RescueAfter = 100*time.Millisecond, 20*time.Second, 30*time.Second
+	b := setup(t, options{shard: pg, cfg: cfg})
 	return b, br
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -82,6 +83,7 @@ type Server struct {
 	listener net.Listener
 	stop     context.CancelFunc
 	done     chan struct{}
+	beating  sync.WaitGroup
 }
 
 // Start opens the control database, migrates it, and starts the configured
@@ -142,6 +144,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if err := s.worker.Start(runCtx); err != nil {
 			stop()
 			return nil, fmt.Errorf("start worker: %w", err)
+		}
+		if pc.Restorer != nil {
+			// The shards are backed up: stamp their heartbeats for drills.
+			s.beating.Go(func() { provision.Heartbeats(runCtx, pc) })
 		}
 	}
 	if slices.Contains(cfg.Roles, RoleControl) {
@@ -217,6 +223,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	s.stopWorker(ctx)
 	s.stop()
+	s.beating.Wait()
 	s.shards.Close()
 	s.pool.Close()
 	return errors.Join(errs...)

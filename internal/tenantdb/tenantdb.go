@@ -189,14 +189,21 @@ func (s *Shard) ReadIdentity(ctx context.Context, name string) (Identity, error)
 		return Identity{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	var id Identity
-	err = conn.QueryRow(ctx, `SELECT database_id, tenant_id, installation_id, product, schema_version, created_at, assigned_at
-		FROM plinth.identity`).Scan(&id.DatabaseID, &id.TenantID, &id.InstallationID, &id.Product, &id.SchemaVersion,
-		&id.CreatedAt, &id.AssignedAt)
+	id, err := IdentityOf(ctx, conn)
 	if err != nil {
 		return Identity{}, fmt.Errorf("read identity of %s: %w", name, err)
 	}
 	return id, nil
+}
+
+// IdentityOf reads the identity of the database conn is connected to
+// (on any server: a drill reads it from a scratch restore).
+func IdentityOf(ctx context.Context, conn *pgx.Conn) (Identity, error) {
+	var id Identity
+	err := conn.QueryRow(ctx, `SELECT database_id, tenant_id, installation_id, product, schema_version, created_at, assigned_at
+		FROM plinth.identity`).Scan(&id.DatabaseID, &id.TenantID, &id.InstallationID, &id.Product, &id.SchemaVersion,
+		&id.CreatedAt, &id.AssignedAt)
+	return id, err
 }
 
 // lockKey maps a name to an advisory lock key on the shard.
