@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/provision"
 )
 
 type metrics struct {
@@ -51,10 +52,16 @@ var (
 	descShardUp  = prometheus.NewDesc("plinth_shard_healthy", "1 when the shard's last health checks passed.", []string{"shard", "region"}, nil)
 	descWarm     = prometheus.NewDesc("plinth_warm_pool_ready", "Warm databases ready to claim.", []string{"shard", "product"}, nil)
 	descWarmSize = prometheus.NewDesc("plinth_warm_pool_size", "Target size of the warm pool.", []string{"shard", "product"}, nil)
+	// Per tier, not per tenant: thousands of tenants would be thousands of
+	// series; GET /v1/drill-report names them.
+	descDrillOverdue = prometheus.NewDesc("plinth_drill_overdue_tenants",
+		"Restorable tenants without a successful drill in two weeks, by tier.", []string{"tier"}, nil)
+	descDrillOldest = prometheus.NewDesc("plinth_drill_oldest_success_timestamp_seconds",
+		"The oldest of the tier's tenants' last successful drills (0 when one was never drilled).", []string{"tier"}, nil)
 )
 
 func (c *catalogCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTenants, descShardDB, descShardCap, descShardUp, descWarm, descWarmSize} {
+	for _, d := range []*prometheus.Desc{descTenants, descShardDB, descShardCap, descShardUp, descWarm, descWarmSize, descDrillOverdue, descDrillOldest} {
 		ch <- d
 	}
 }
@@ -65,6 +72,17 @@ func (c *catalogCollector) Collect(ch chan<- prometheus.Metric) {
 	if counts, err := c.store.CountTenants(ctx); err == nil {
 		for _, s := range catalog.TenantStates {
 			ch <- prometheus.MustNewConstMetric(descTenants, prometheus.GaugeValue, float64(counts[s]), string(s))
+		}
+	}
+	if tiers, _, err := c.store.DrillReport(ctx, provision.DrillOverdueDefault, 0); err == nil {
+		for _, t := range tiers {
+			tier := strconv.Itoa(t.Tier)
+			oldest := 0.0
+			if t.OldestSuccess != nil {
+				oldest = float64(t.OldestSuccess.Unix())
+			}
+			ch <- prometheus.MustNewConstMetric(descDrillOverdue, prometheus.GaugeValue, float64(t.Overdue), tier)
+			ch <- prometheus.MustNewConstMetric(descDrillOldest, prometheus.GaugeValue, oldest, tier)
 		}
 	}
 	if shards, err := c.store.ListShards(ctx, ""); err == nil {

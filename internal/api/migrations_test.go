@@ -52,11 +52,24 @@ func TestFleetMigrationOverHTTP(t *testing.T) {
 		{"POST", "/v1/restores", `{"tenants": ["acme"], "undo": true, "concurrency": 99}`, 422, "invalid_concurrency"},
 		{"GET", "/v1/restores/not-a-uuid", ``, 404, "restore_not_found"},
 		{"GET", "/v1/restores/01a24914-dd44-72f7-8f19-668642b236de", ``, 404, "restore_not_found"},
+		{"POST", "/v1/drills", ``, 404, "backups_not_configured"},
+		{"POST", "/v1/drills", `{"sample": -1}`, 422, "invalid_sample"},
+		{"POST", "/v1/drills", `{"sample": 10001}`, 422, "invalid_sample"},
+		{"POST", "/v1/drills", `{"sample": 5, "all": true}`, 422, "invalid_sample"},
+		{"POST", "/v1/drills", `{"tenants": 5}`, 400, "invalid_json"},
+		{"GET", "/v1/drills/not-a-uuid", ``, 404, "drill_not_found"},
+		{"GET", "/v1/drills/01a24914-dd44-72f7-8f19-668642b236de", ``, 404, "drill_not_found"},
 	} {
 		status, code := b.raw(t, tt.method, tt.path, "Bearer "+token, "application/json", tt.body)
 		if status != tt.status || code != tt.code {
 			t.Errorf("%s %s %s: %d %s, want %d %s", tt.method, tt.path, tt.body, status, code, tt.status, tt.code)
 		}
+	}
+	if ds, err := b.client.ListDrills(b.ctx); err != nil || len(ds.Items) != 0 {
+		t.Errorf("drills after refused requests: %+v %v", ds, err)
+	}
+	if rep, err := b.client.GetDrillReport(b.ctx); err != nil || rep.WindowDays != 14 || len(rep.Tiers) != 1 || rep.Tiers[0].Tenants != 3 || rep.Tiers[0].OldestSuccess != nil {
+		t.Errorf("drill report of three never-drilled tenants: %+v %v", rep, err)
 	}
 	if after := b.snapshot(t); after != before {
 		t.Fatalf("refused requests changed the catalog:\n before %s\n after  %s", before, after)

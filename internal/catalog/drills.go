@@ -30,7 +30,7 @@ type Drill struct {
 	Error      string        `json:"error,omitempty"`
 	CreatedAt  time.Time     `json:"created_at"`
 	FinishedAt *time.Time    `json:"finished_at,omitempty"`
-	Results    []DrillResult `json:"results"`
+	Results    []DrillResult `json:"results,omitempty"`
 }
 
 // DrillResult is one checked database of a drill: a tenant's, or a shard's
