@@ -127,4 +127,19 @@ func TestDevRestoreWalkthrough(t *testing.T) {
 	if code, body := edgeDo(t, ctx, st.EdgeURL, "acme.plinth.localhost", "GET", "/api/projects", "", nil); code != 200 || !strings.Contains(body, `"key":"WEB"`) {
 		t.Fatalf("after the resumed restore: %d %s", code, body)
 	}
+
+	// A drill of every tenant: the restored acme (a database newer than
+	// the backup) and the shard's heartbeat come back from the backups.
+	got, err = run("drill", "run", "--tenants", "all", "-o", "json")
+	var d catalog.Drill
+	if err == nil {
+		err = json.Unmarshal([]byte(got), &d)
+	}
+	if err != nil || d.State != catalog.DrillSucceeded || len(d.Results) != 2 {
+		t.Fatalf("plinth drill run: %v\n%s", err, got)
+	}
+	got, err = run("drill", "report")
+	if err != nil || !strings.Contains(got, "OVERDUE") || strings.Contains(got, "No successful drill") {
+		t.Fatalf("plinth drill report: %v\n%s", err, got)
+	}
 }

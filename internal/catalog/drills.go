@@ -130,7 +130,7 @@ func (s *Store) RecordDrillResult(ctx context.Context, drillID uuid.UUID, r Dril
 	_, err := s.q.Exec(ctx, `INSERT INTO drill_results
 		(drill_id, shard, database_name, tenant_id, tier, ok, detail, heartbeat_lag_ms, restore_ms, replay_ms)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-		ON CONFLICT (drill_id, database_name) DO UPDATE SET ok = excluded.ok, detail = excluded.detail,
+		ON CONFLICT (drill_id, shard, database_name) DO UPDATE SET ok = excluded.ok, detail = excluded.detail,
 			heartbeat_lag_ms = excluded.heartbeat_lag_ms, restore_ms = excluded.restore_ms,
 			replay_ms = excluded.replay_ms, checked_at = now()`,
 		drillID, r.Shard, r.Database, r.TenantID, r.Tier, r.OK, Truncate(r.Detail, 1000), r.HeartbeatLagMS, r.RestoreMS, r.ReplayMS)

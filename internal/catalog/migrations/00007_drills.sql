@@ -37,7 +37,7 @@ CREATE TABLE drill_results (
     restore_ms       bigint NOT NULL,
     replay_ms        bigint NOT NULL,
     checked_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (drill_id, database_name)
+    PRIMARY KEY (drill_id, shard, database_name)
 );
 CREATE INDEX drill_results_tenant ON drill_results (tenant_id, checked_at DESC) WHERE ok;
 
