@@ -119,14 +119,35 @@ func shardAddCmd(g *globals) *cobra.Command {
 }
 
 func printShards(w io.Writer, shards []api.Shard) {
-	row(w, "NAME", "REGION", "HEALTH", "DRAINING", "DATABASES", "CAPACITY", "DSN")
+	row(w, "NAME", "REGION", "HEALTH", "DRAINING", "DATABASES", "CAPACITY", "BACKUP", "ARCHIVE LAG", "DSN")
 	for _, s := range shards {
 		health := string(s.Health)
 		if s.HealthError != "" {
 			health += " (" + s.HealthError + ")"
 		}
-		row(w, s.Name, s.Region, health, s.Draining, s.Databases, s.Capacity, s.DSN)
+		last, archived := backupSummary(s.Backup)
+		row(w, s.Name, s.Region, health, s.Draining, s.Databases, s.Capacity, last, archived, s.DSN)
 	}
+}
+
+// backupSummary says how a shard's backups stand: the newest backup and
+// how far WAL archiving was behind at the last check, or that Plinth does
+// not back the shard up.
+func backupSummary(b *catalog.BackupStatus) (last, archived string) {
+	if b == nil {
+		return "not by Plinth", "-"
+	}
+	last, archived = "none yet", "never"
+	if b.LastSuccessAt != nil {
+		last = b.LastType + " " + ago(*b.LastSuccessAt)
+	}
+	if b.LastError != "" {
+		last += " (failing: " + catalog.Truncate(b.LastError, 80) + ")"
+	}
+	if b.LastArchivedAt != nil {
+		archived = b.CheckedAt.Sub(*b.LastArchivedAt).Round(time.Second).String()
+	}
+	return last, archived
 }
 
 func shardListCmd(g *globals) *cobra.Command {

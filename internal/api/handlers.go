@@ -72,14 +72,32 @@ func (s *Server) createRegion(w http.ResponseWriter, r *http.Request) error {
 
 func shardView(sh catalog.Shard) Shard { return Shard{Shard: sh, DSN: fleet.RedactDSN(sh.DSN)} }
 
+// backupStatus is the scheduled backups' status by stanza.
+func (s *Server) backupStatus(r *http.Request) (map[string]*catalog.BackupStatus, error) {
+	list, err := s.store(r).ListBackupStatus(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]*catalog.BackupStatus, len(list))
+	for i := range list {
+		out[list[i].Stanza] = &list[i]
+	}
+	return out, nil
+}
+
 func (s *Server) listShards(w http.ResponseWriter, r *http.Request) error {
 	shards, err := s.store(r).ListShards(r.Context(), r.URL.Query().Get("region"))
+	if err != nil {
+		return err
+	}
+	status, err := s.backupStatus(r)
 	if err != nil {
 		return err
 	}
 	out := make([]Shard, len(shards))
 	for i, sh := range shards {
 		out[i] = shardView(sh)
+		out[i].Backup = status[sh.Name]
 	}
 	return writeJSON(w, http.StatusOK, List[Shard]{Items: out})
 }
@@ -127,7 +145,13 @@ func (s *Server) getShard(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, shardView(sh))
+	status, err := s.backupStatus(r)
+	if err != nil {
+		return err
+	}
+	view := shardView(sh)
+	view.Backup = status[sh.Name]
+	return writeJSON(w, http.StatusOK, view)
 }
 
 func (s *Server) drainShard(draining bool) handlerFunc {

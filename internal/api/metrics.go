@@ -54,6 +54,14 @@ var (
 	descWarmSize = prometheus.NewDesc("plinth_warm_pool_size", "Target size of the warm pool.", []string{"shard", "product"}, nil)
 	// Per tier, not per tenant: thousands of tenants would be thousands of
 	// series; GET /v1/drill-report names them.
+	descBackupLast = prometheus.NewDesc("plinth_backup_last_success_timestamp_seconds",
+		"When the newest backup of the stanza (a shard, or control) finished.", []string{"stanza"}, nil)
+	descBackupFailing = prometheus.NewDesc("plinth_backup_failing",
+		"1 when the last scheduled backup or archive check of the stanza failed.", []string{"stanza"}, nil)
+	descArchiveLag = prometheus.NewDesc("plinth_archive_lag_seconds",
+		"Time from the last WAL segment the stanza's server archived to the last check.", []string{"stanza"}, nil)
+	descArchiveFailures = prometheus.NewDesc("plinth_archive_failures",
+		"WAL segments the stanza's server failed to archive since its statistics were reset.", []string{"stanza"}, nil)
 	descDrillOverdue = prometheus.NewDesc("plinth_drill_overdue_tenants",
 		"Restorable tenants without a successful drill in two weeks, by tier.", []string{"tier"}, nil)
 	descDrillOldest = prometheus.NewDesc("plinth_drill_oldest_success_timestamp_seconds",
@@ -61,7 +69,8 @@ var (
 )
 
 func (c *catalogCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTenants, descShardDB, descShardCap, descShardUp, descWarm, descWarmSize, descDrillOverdue, descDrillOldest} {
+	for _, d := range []*prometheus.Desc{descTenants, descShardDB, descShardCap, descShardUp, descWarm, descWarmSize, descDrillOverdue, descDrillOldest,
+		descBackupLast, descBackupFailing, descArchiveLag, descArchiveFailures} {
 		ch <- d
 	}
 }
@@ -83,6 +92,22 @@ func (c *catalogCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descDrillOverdue, prometheus.GaugeValue, float64(t.Overdue), tier)
 			ch <- prometheus.MustNewConstMetric(descDrillOldest, prometheus.GaugeValue, oldest, tier)
+		}
+	}
+	if status, err := c.store.ListBackupStatus(ctx); err == nil {
+		for _, b := range status {
+			if b.LastSuccessAt != nil {
+				ch <- prometheus.MustNewConstMetric(descBackupLast, prometheus.GaugeValue, float64(b.LastSuccessAt.Unix()), b.Stanza)
+			}
+			failing := 0.0
+			if b.LastError != "" {
+				failing = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBackupFailing, prometheus.GaugeValue, failing, b.Stanza)
+			if b.LastArchivedAt != nil {
+				ch <- prometheus.MustNewConstMetric(descArchiveLag, prometheus.GaugeValue, b.CheckedAt.Sub(*b.LastArchivedAt).Seconds(), b.Stanza)
+			}
+			ch <- prometheus.MustNewConstMetric(descArchiveFailures, prometheus.GaugeValue, float64(b.ArchiveFailures), b.Stanza)
 		}
 	}
 	if shards, err := c.store.ListShards(ctx, ""); err == nil {

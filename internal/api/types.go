@@ -26,6 +26,10 @@ type CreateShardRequest struct {
 type Shard struct {
 	catalog.Shard
 	DSN string `json:"dsn"`
+	// Backup is what Plinth's scheduled backups last did for the shard;
+	// absent when Plinth does not back it up (a managed shard relies on
+	// its provider's backups).
+	Backup *catalog.BackupStatus `json:"backup,omitempty"`
 }
 
 // RegisterProductRequest is the body of POST /v1/products.

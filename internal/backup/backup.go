@@ -488,18 +488,56 @@ func recoveryLimits(ctx context.Context, c *localpg.Cluster) error {
 // commit record (it takes a transaction ID), so that WAL holds a commit
 // after any target up to now.
 func commitMark(ctx context.Context, s Stanza) error {
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres sslmode=disable connect_timeout=10", s.Port))
+	conn, err := connect(ctx, s)
 	if err != nil {
 		return err
-	}
-	cfg.User, cfg.Password = cmp.Or(s.User, "postgres"), s.Password
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("backup: connect to shard %s: %w", s.Name, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
 		return fmt.Errorf("backup: mark the WAL of shard %s: %w", s.Name, err)
 	}
 	return nil
+}
+
+// connect opens a connection to the stanza's server.
+func connect(ctx context.Context, s Stanza) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres sslmode=disable connect_timeout=10", s.Port))
+	if err != nil {
+		return nil, err
+	}
+	cfg.User, cfg.Password = cmp.Or(s.User, "postgres"), s.Password
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("backup: connect to shard %s: %w", s.Name, err)
+	}
+	return conn, nil
+}
+
+// Archive is how the stanza's server is archiving its WAL, from
+// pg_stat_archiver: the server's clock, not the repository's.
+type Archive struct {
+	LastArchived *time.Time `json:"last_archived_at"`
+	LastFailed   *time.Time `json:"last_failed_at"`
+	Failed       int64      `json:"failed_count"` // since the server's statistics were reset
+	Now          time.Time  `json:"checked_at"`
+}
+
+// Archive reads the stanza server's archiver statistics.
+func (p *PgBackRest) Archive(ctx context.Context, stanza string) (Archive, error) {
+	s, ok := p.stanzas[stanza]
+	if !ok {
+		return Archive{}, fmt.Errorf("backup: no stanza %q", stanza)
+	}
+	conn, err := connect(ctx, s)
+	if err != nil {
+		return Archive{}, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var a Archive
+	err = conn.QueryRow(ctx, `SELECT last_archived_time, last_failed_time, failed_count, now() FROM pg_stat_archiver`).
+		Scan(&a.LastArchived, &a.LastFailed, &a.Failed, &a.Now)
+	if err != nil {
+		return Archive{}, fmt.Errorf("backup: archiver of shard %s: %w", stanza, err)
+	}
+	return a, nil
 }

@@ -96,7 +96,7 @@ func (s *Store) LastDrillCreated(ctx context.Context) (time.Time, error) {
 }
 
 // DrillSample picks the databases of up to sample tenants (nil: all) that
-// existed at target and can be restored, those drilled least recently
+// were theirs at target and can be restored, those drilled least recently
 // first, never drilled before all.
 func (s *Store) DrillSample(ctx context.Context, sample *int, target time.Time) ([]DrillTarget, error) {
 	rows, err := s.q.Query(ctx, `
@@ -109,7 +109,10 @@ func (s *Store) DrillSample(ctx context.Context, sample *int, target time.Time) 
 		SELECT p.id, p.tier, d.product, d.shard, d.name
 		FROM picked p JOIN installations i ON i.tenant_id = p.id
 		JOIN tenant_databases d ON d.installation_id = i.id AND d.state = 'assigned'
-		WHERE d.created_at < $2
+		JOIN installation_stamps st ON st.installation_id = i.id
+		-- Stamped with the tenant before the target: a warm database
+		-- created earlier may have been claimed for it only after.
+		WHERE d.created_at < $2 AND i.state = 'ready' AND st.stamped_at < $2
 		ORDER BY d.shard, d.name`, sample, target)
 	if err != nil {
 		return nil, fmt.Errorf("drill sample: %w", err)
@@ -256,4 +259,14 @@ func (s *Store) ListDrills(ctx context.Context, limit int) ([]Drill, error) {
 		return nil, fmt.Errorf("list drills: %w", err)
 	}
 	return out, nil
+}
+
+// MarkStamped records that the installation's database carries its
+// tenant's identity (the first time only).
+func (s *Store) MarkStamped(ctx context.Context, installationID uuid.UUID) error {
+	_, err := s.q.Exec(ctx, `INSERT INTO installation_stamps (installation_id) VALUES ($1) ON CONFLICT DO NOTHING`, installationID)
+	if err != nil {
+		return fmt.Errorf("mark installation stamped: %w", err)
+	}
+	return nil
 }

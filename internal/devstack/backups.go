@@ -48,6 +48,13 @@ func (d *devBackups) List(ctx context.Context) ([]backup.Info, error) {
 	return d.PgBackRest.List(ctx)
 }
 
+func (d *devBackups) Info(ctx context.Context, stanza string) (backup.Info, error) {
+	if err := d.wait(ctx); err != nil {
+		return backup.Info{}, err
+	}
+	return d.PgBackRest.Info(ctx, stanza)
+}
+
 func (d *devBackups) Backup(ctx context.Context, stanza string, typ backup.Type) error {
 	if err := d.wait(ctx); err != nil {
 		return err
@@ -105,7 +112,7 @@ func (d *devBackups) setUp(ctx context.Context, logger *slog.Logger) {
 		err := d.Create(ctx, name)
 		if err == nil {
 			var in backup.Info
-			if in, err = d.Info(ctx, name); err == nil && len(in.Backups) == 0 {
+			if in, err = d.PgBackRest.Info(ctx, name); err == nil && len(in.Backups) == 0 {
 				err = d.PgBackRest.Backup(ctx, name, backup.Full)
 			}
 		}
@@ -163,8 +170,16 @@ func (d *devBackups) Scratch(ctx context.Context, stanza string, dbs []string, t
 	return d.PgBackRest.Scratch(ctx, stanza, dbs, target, dir)
 }
 
-// restorer keeps a nil *devBackups from becoming a non-nil interface.
+// restorer and scheduled keep a nil *devBackups from becoming a non-nil
+// interface.
 func restorer(b *devBackups) provision.Restorer {
+	if b == nil {
+		return nil
+	}
+	return b
+}
+
+func scheduled(b *devBackups) provision.Backups {
 	if b == nil {
 		return nil
 	}

@@ -147,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// A local fleet's domains resolve to this machine.
 		Domains: &domainproof.Prover{Resolver: net.DefaultResolver, AllowPrivate: true},
 		Provision: provision.Config{JobTimeout: time.Minute, RescueAfter: 70 * time.Second,
-			Restorer: restorer(backups), ScratchDir: filepath.Join(home, "restore")},
+			Restorer: restorer(backups), ScratchDir: filepath.Join(home, "restore"), Backups: scheduled(backups)},
 		Backups: apiBackups(backups),
 	})
 	if err != nil {

@@ -36,7 +36,7 @@ func TestDrillRestoresASampleAndTheHeartbeat(t *testing.T) {
 	t.Parallel()
 	const rpo = 3 * time.Second
 	b, br := backedUpWith(t, provision.Config{HeartbeatInterval: 300 * time.Millisecond,
-		DrillDueInterval: 300 * time.Millisecond, DrillInterval: time.Hour, DrillRPO: rpo})
+		DrillDueInterval: 300 * time.Millisecond, DrillInterval: time.Hour, DrillRPO: rpo}, false)
 	beatCtx, stopBeats := context.WithCancel(b.ctx)
 	beating := make(chan struct{})
 	go func() { defer close(beating); provision.Heartbeats(beatCtx, b.cfg) }()

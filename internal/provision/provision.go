@@ -28,6 +28,7 @@ import (
 	"github.com/riverqueue/river/rivermigrate"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/fleet"
 )
@@ -91,6 +92,12 @@ type Config struct {
 	// enter it.
 	Restorer   Restorer
 	ScratchDir string
+	// Backups takes the scheduled backups, BackupSchedule apart (default
+	// backup.DefaultSchedule), checked each BackupCheckInterval; none are
+	// scheduled without it.
+	Backups             Backups
+	BackupSchedule      backup.Schedule
+	BackupCheckInterval time.Duration
 	// Drills (run only with a Restorer): shards' heartbeats are stamped
 	// each HeartbeatInterval; a drill of DrillSample tenants starts when
 	// none started within DrillInterval, and holds the restored heartbeat
@@ -119,6 +126,10 @@ func (c Config) withDefaults() Config {
 	c.ChangeRetention = cmp.Or(c.ChangeRetention, ChangeRetentionDefault)
 	c.FetchCooldown = cmp.Or(c.FetchCooldown, FetchCooldownDefault)
 	c.ScratchDir = cmp.Or(c.ScratchDir, filepath.Join(os.TempDir(), "plinth-restore"))
+	if c.BackupSchedule == (backup.Schedule{}) {
+		c.BackupSchedule = backup.DefaultSchedule
+	}
+	c.BackupCheckInterval = cmp.Or(c.BackupCheckInterval, time.Minute)
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, HeartbeatIntervalDefault)
 	c.DrillDueInterval = cmp.Or(c.DrillDueInterval, time.Hour)
 	c.DrillInterval = cmp.Or(c.DrillInterval, DrillIntervalDefault)
@@ -245,6 +256,7 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(ws, &restoreWorker{workers: w})
 	river.AddWorker(ws, &drillWorker{workers: w})
 	river.AddWorker(ws, &drillDueWorker{workers: w})
+	river.AddWorker(ws, &backupDueWorker{workers: w})
 	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
 	periodic := func(every time.Duration, args river.JobArgs, opts *river.InsertOpts) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
@@ -268,6 +280,7 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 			periodic(cfg.RefillInterval, RefillArgs{}, refillOpts), // one refill at a time
 			periodic(cfg.SweepInterval, SweepArgs{}, maintenance),
 			periodic(cfg.DrillDueInterval, DrillDueArgs{}, drillDueOpts),
+			periodic(cfg.BackupCheckInterval, BackupDueArgs{}, backupDueOpts),
 		},
 	})
 }

@@ -24,11 +24,13 @@ import (
 // and has a full backup.
 func backedUp(t *testing.T) (bundle, *backup.PgBackRest) {
 	t.Helper()
-	return backedUpWith(t, provision.Config{})
+	return backedUpWith(t, provision.Config{}, false)
 }
 
-// backedUpWith is backedUp with more of the provisioning configuration.
-func backedUpWith(t *testing.T, cfg provision.Config) (bundle, *backup.PgBackRest) {
+// backedUpWith is backedUp with more of the provisioning configuration;
+// scheduled hands the repository to the backup scheduler too (tests that
+// take backups themselves would find it busy).
+func backedUpWith(t *testing.T, cfg provision.Config, scheduled bool) (bundle, *backup.PgBackRest) {
 	t.Helper()
 	if _, err := exec.LookPath("pgbackrest"); err != nil {
 		testkit.Unavailable(t, "pgbackrest is not installed (apt install pgbackrest)")
@@ -55,6 +57,9 @@ func backedUpWith(t *testing.T, cfg provision.Config) (bundle, *backup.PgBackRes
 	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
 	must(t, br.Create(ctx, "s1"))
 	cfg.Restorer, cfg.ScratchDir = br, dir+"/scratch"
+	if scheduled {
+		cfg.Backups = br
+	}
 	cfg.RetryBase, cfg.JobTimeout, cfg.RescueAfter = 100*time.Millisecond, 20*time.Second, 30*time.Second
 	b := setup(t, options{shard: pg, cfg: cfg})
 	return b, br

@@ -194,6 +194,9 @@ func (w *provisionWorker) stampAll(ctx context.Context, tenantID uuid.UUID) erro
 			}
 			return fmt.Errorf("stamp identity of %s: %w", inst.Database, err)
 		}
+		if err := w.store.MarkStamped(ctx, inst.ID); err != nil {
+			return err
+		}
 	}
 	return nil
 }

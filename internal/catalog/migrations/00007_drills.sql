@@ -6,6 +6,17 @@
 -- backups restore.
 
 -- +goose Up
+-- When each installation's database was first stamped with its tenant (a
+-- step after the tenant becomes active): a drill to an earlier moment
+-- would find the database without its tenant. Kept apart from
+-- installations so that it never reaches the change log.
+CREATE TABLE installation_stamps (
+    installation_id uuid PRIMARY KEY REFERENCES installations (id),
+    stamped_at      timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO installation_stamps (installation_id, stamped_at)
+    SELECT id, updated_at FROM installations WHERE state = 'ready';
+
 CREATE TABLE drills (
     id          uuid PRIMARY KEY,
     -- How many tenants to sample per drill (NULL: every restorable tenant).
@@ -44,3 +55,4 @@ CREATE INDEX drill_results_tenant ON drill_results (tenant_id, checked_at DESC) 
 -- +goose Down
 DROP TABLE drill_results;
 DROP TABLE drills;
+DROP TABLE installation_stamps;
