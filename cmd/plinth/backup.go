@@ -15,7 +15,7 @@ func backupCmd(g *globals) *cobra.Command {
 		Use:   "backup",
 		Short: "Back up the shards Plinth runs (pgBackRest) and list their backups",
 	}
-	cmd.AddCommand(backupRunCmd(g), backupListCmd(g))
+	cmd.AddCommand(backupRunCmd(g), backupListCmd(g), backupVerifyCmd(g))
 	return cmd
 }
 
@@ -106,4 +106,53 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func backupVerifyCmd(g *globals) *cobra.Command {
+	var shards []string
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check every file of the backups and archived WAL against its checksum",
+		Long: `Reads every file of each shard's backups and archived WAL in the repository
+(pgbackrest verify) and checks it against the checksum recorded when it was
+written. A missing or corrupted file fails its shard, and is named; the
+command then exits non-zero.`,
+		Example: `  plinth backup verify
+  plinth backup verify --shard shard-1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			results, err := c.VerifyBackups(cmd.Context(), api.VerifyRequest{Shards: shards})
+			if err != nil {
+				return err
+			}
+			failed := 0
+			if err := g.print(results, func(w io.Writer) {
+				row(w, "SHARD", "RESULT", "TOOK", "DETAIL")
+				for _, r := range results {
+					result := "ok"
+					if !r.OK {
+						result = "FAILED"
+					}
+					row(w, r.Shard, result, ms(&r.TookMS), orDash(r.Detail))
+				}
+			}); err != nil {
+				return err
+			}
+			for _, r := range results {
+				if !r.OK {
+					failed++
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d shard(s) failed verification", failed)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&shards, "shard", nil, "shard to verify (repeatable; default: all)")
+	return cmd
 }

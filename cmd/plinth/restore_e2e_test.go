@@ -62,6 +62,14 @@ func TestDevRestoreWalkthrough(t *testing.T) {
 		}
 		return err == nil && len(infos) == 2 && len(infos[0].Backups) > 0 && len(infos[1].Backups) > 0, fmt.Errorf("%v: %s", err, got)
 	})
+	if got, err := run("backup", "verify"); err != nil || strings.Count(got, " ok ") != 2 {
+		t.Fatalf("plinth backup verify: %v\n%s", err, got)
+	}
+	testkit.Eventually(t, 2*time.Minute, "shard list to show the scheduled backups' status", func() (bool, error) {
+		got, err := run("shard", "list")
+		return err == nil && strings.Contains(got, "full ") && !strings.Contains(got, "failing") && !strings.Contains(got, "not by Plinth"),
+			fmt.Errorf("%v: %s", err, got)
+	})
 	st, err := devstack.ReadState(home)
 	must(t, err)
 	if code, body := edgeDo(t, ctx, st.EdgeURL, "acme.plinth.localhost", "POST", "/api/projects", `{"key": "WEB", "name": "Website"}`, nil); code != 201 && code != 200 {

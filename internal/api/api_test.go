@@ -127,8 +127,16 @@ func (b bundle) snapshot(t *testing.T) string {
 	conn, err := pgx.Connect(b.ctx, b.shardDSN)
 	must(t, err)
 	defer conn.Close(b.ctx)
+	// The shard cluster is shared with the package's other tests: only the
+	// databases this catalog knows of (Plinth records each before it
+	// creates it) and its products' templates are this test's.
+	var names, products []string
+	must(t, b.pool.QueryRow(b.ctx, `SELECT coalesce(array_agg(name), '{}') FROM tenant_databases`).Scan(&names))
+	must(t, b.pool.QueryRow(b.ctx, `SELECT coalesce(array_agg(name), '{}') FROM products`).Scan(&products))
 	var dbs string
-	must(t, conn.QueryRow(b.ctx, `SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '') FROM pg_database`).Scan(&dbs))
+	must(t, conn.QueryRow(b.ctx, `SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '') FROM pg_database
+		WHERE datname = ANY($1) OR EXISTS (SELECT 1 FROM unnest($2::text[]) p WHERE datname LIKE 'tpl\_' || p || '\_v%')`,
+		names, products).Scan(&dbs))
 	return s + "; shard databases: " + dbs
 }
 

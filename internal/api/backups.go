@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
@@ -17,6 +18,22 @@ type Backups interface {
 	Stanzas() []string
 	List(ctx context.Context) ([]backup.Info, error)
 	Backup(ctx context.Context, stanza string, typ backup.Type) error
+	Verify(ctx context.Context, stanza string) error
+}
+
+// VerifyRequest is the body of POST /v1/backups/verify.
+type VerifyRequest struct {
+	// Shards to verify ("control" for the control database); all when empty.
+	Shards []string `json:"shards,omitempty"`
+}
+
+// VerifyResult is one shard's verification.
+type VerifyResult struct {
+	Shard string `json:"shard"`
+	OK    bool   `json:"ok"`
+	// Detail names the files or backups that failed.
+	Detail string `json:"detail,omitempty"`
+	TookMS int64  `json:"took_ms"`
 }
 
 // BackupRequest is the body of POST /v1/backups.
@@ -85,4 +102,47 @@ func (s *Server) runBackup(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return errors.New("the backed-up shard is missing from the repository's list")
+}
+
+// verifyBackups checks every file of the shards' backups and archived WAL
+// against its checksum. It answers 200 with a result per shard, failed or
+// not: a failed verification is a finding, not a failed request.
+func (s *Server) verifyBackups(w http.ResponseWriter, r *http.Request) error {
+	b, err := s.backups()
+	if err != nil {
+		return err
+	}
+	var req VerifyRequest
+	if err := decode(r, &req, true); err != nil {
+		return err
+	}
+	shards := req.Shards
+	if len(shards) == 0 {
+		shards = b.Stanzas()
+	}
+	for _, sh := range shards {
+		if !slices.Contains(b.Stanzas(), sh) {
+			return catalog.NotFound("shard_not_backed_up", "no shard %q is backed up here (backed up: %v)", truncate(sh, 63), b.Stanzas())
+		}
+	}
+	out := make([]VerifyResult, 0, len(shards))
+	for _, sh := range slices.Compact(slices.Sorted(slices.Values(shards))) {
+		began := time.Now()
+		err := b.Verify(r.Context(), sh)
+		res := VerifyResult{Shard: sh, OK: err == nil, TookMS: time.Since(began).Milliseconds()}
+		if err != nil {
+			if r.Context().Err() != nil {
+				return r.Context().Err()
+			}
+			res.Detail = err.Error()
+		}
+		out = append(out, res)
+	}
+	return writeJSON(w, http.StatusOK, List[VerifyResult]{Items: out})
+}
+
+// VerifyBackups verifies the shards' repositories.
+func (c *Client) VerifyBackups(ctx context.Context, req VerifyRequest) ([]VerifyResult, error) {
+	var out List[VerifyResult]
+	return out.Items, c.Do(ctx, "POST", "/v1/backups/verify", req, &out)
 }

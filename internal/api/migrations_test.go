@@ -41,6 +41,7 @@ func TestFleetMigrationOverHTTP(t *testing.T) {
 		// This control plane runs no backups.
 		{"GET", "/v1/backups", ``, 404, "backups_not_configured"},
 		{"POST", "/v1/backups", `{"shard": "s1"}`, 404, "backups_not_configured"},
+		{"POST", "/v1/backups/verify", ``, 404, "backups_not_configured"},
 		{"POST", "/v1/restores", `{"tenants": ["acme"], "to": "-15m"}`, 404, "backups_not_configured"},
 		{"POST", "/v1/restores", `{"tenants": ["acme"]}`, 422, "invalid_target"},
 		{"POST", "/v1/restores", `{"tenants": ["acme"], "to": "yesterday"}`, 422, "invalid_target"},

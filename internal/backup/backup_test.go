@@ -3,7 +3,10 @@ package backup_test
 import (
 	"context"
 	"errors"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -206,4 +209,35 @@ func TestRefusals(t *testing.T) {
 		backup.Stanza{Name: "bad]name", DataDir: "/x", Port: 1, SocketDir: "/y"}); err == nil {
 		t.Error("a stanza name that would break the configuration file was accepted")
 	}
+}
+
+// Verify passes on a sound repository and fails, naming the file, when a
+// backup file is corrupted.
+func TestVerify(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Context(t, 2*time.Minute)
+	s := newShard(t, ctx)
+	must(t, s.br.Backup(ctx, "shard-1", backup.Full))
+	must(t, s.br.Verify(ctx, "shard-1"))
+	var victim string
+	must(t, filepath.WalkDir(s.dir+"/repo/backup/shard-1", func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && victim == "" && strings.Contains(path, "/pg_data/") && strings.HasSuffix(path, ".zst") {
+			if info, ierr := d.Info(); ierr == nil && info.Size() > 64 {
+				victim = path
+			}
+		}
+		return err
+	}))
+	if victim == "" {
+		t.Fatal("no backup file in the repository to corrupt")
+	}
+	f, err := os.OpenFile(victim, os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt([]byte("corrupted by the test"), 20)
+	must(t, errors.Join(err, f.Close()))
+	err = s.br.Verify(ctx, "shard-1")
+	if err == nil || !strings.Contains(err.Error(), "failed verification") {
+		t.Fatalf("verify of a corrupted repository: %v, want a failure", err)
+	}
+	t.Logf("verify of a corrupted repository: %v", err)
 }

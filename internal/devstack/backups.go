@@ -55,6 +55,13 @@ func (d *devBackups) Info(ctx context.Context, stanza string) (backup.Info, erro
 	return d.PgBackRest.Info(ctx, stanza)
 }
 
+func (d *devBackups) Verify(ctx context.Context, stanza string) error {
+	if err := d.wait(ctx); err != nil {
+		return err
+	}
+	return d.PgBackRest.Verify(ctx, stanza)
+}
+
 func (d *devBackups) Backup(ctx context.Context, stanza string, typ backup.Type) error {
 	if err := d.wait(ctx); err != nil {
 		return err
