@@ -63,7 +63,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(
 		devCmd(g), serveCmd(), migrateCmd(),
 		tenantCmd(g), shardCmd(g), regionCmd(g), productCmd(g), poolCmd(g), operationCmd(g),
-		serviceCmd(g), keysCmd(g), backupCmd(g), restoreCmd(g), drillCmd(g),
+		serviceCmd(g), keysCmd(g), backupCmd(g), restoreCmd(g), drillCmd(g), catalogCmd(g),
 		benchCmd(),
 	)
 	return root

@@ -146,6 +146,11 @@ func TestDevRestoreWalkthrough(t *testing.T) {
 	if err != nil || d.State != catalog.DrillSucceeded || len(d.Results) != 2 {
 		t.Fatalf("plinth drill run: %v\n%s", err, got)
 	}
+	// The restores left the catalog and the shard in agreement (the
+	// replaced databases are kept, known and fenced).
+	if got, err := run("catalog", "verify"); err != nil || !strings.Contains(got, "0 finding(s)") {
+		t.Fatalf("plinth catalog verify: %v\n%s", err, got)
+	}
 	got, err = run("drill", "report")
 	if err != nil || !strings.Contains(got, "OVERDUE") || strings.Contains(got, "No successful drill") {
 		t.Fatalf("plinth drill report: %v\n%s", err, got)

@@ -115,3 +115,17 @@ func (c *Client) GetDrillReport(ctx context.Context) (DrillReport, error) {
 	var out DrillReport
 	return out, c.Do(ctx, "GET", "/v1/drill-report", nil, &out)
 }
+
+func (s *Server) verifyCatalog(w http.ResponseWriter, r *http.Request) error {
+	rep, err := s.cfg.Service.VerifyCatalog(r.Context(), s.store(r))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, rep)
+}
+
+// VerifyCatalog compares the catalog with the shards.
+func (c *Client) VerifyCatalog(ctx context.Context) (provision.CatalogReport, error) {
+	var out provision.CatalogReport
+	return out, c.Do(ctx, "POST", "/v1/catalog/verify", nil, &out)
+}

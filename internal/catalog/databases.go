@@ -344,3 +344,31 @@ func prefixed(prefix, columns string) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// ShardDatabase is a database the catalog places on a shard, with the
+// tenant its installation belongs to (nil for a warm one).
+type ShardDatabase struct {
+	Database
+	TenantID *uuid.UUID
+}
+
+// ShardDatabases returns every database the catalog has on the shard that
+// is not dropped.
+func (s *Store) ShardDatabases(ctx context.Context, shard string) ([]ShardDatabase, error) {
+	rows, err := s.q.Query(ctx, `SELECT `+prefixed("d.", databaseColumns)+`, i.tenant_id FROM tenant_databases d
+		LEFT JOIN installations i ON i.id = d.installation_id
+		WHERE d.shard = $1 AND d.state <> 'dropped' ORDER BY d.name`, shard)
+	if err != nil {
+		return nil, fmt.Errorf("shard databases: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ShardDatabase, error) {
+		var d ShardDatabase
+		err := row.Scan(&d.ID, &d.Name, &d.Shard, &d.Product, &d.State, &d.SchemaVersion, &d.InstallationID,
+			&d.CreatedAt, &d.UpdatedAt, &d.TenantID)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("shard databases: %w", err)
+	}
+	return out, nil
+}
