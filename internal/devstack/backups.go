@@ -192,3 +192,36 @@ func scheduled(b *devBackups) provision.Backups {
 	}
 	return b
 }
+
+// OpenBackups returns a pgBackRest for the shards of the plinth dev in home:
+// the same encrypted repository and key, with its own configuration, lock
+// and log directories in dir (so that the running plinth dev's configuration,
+// which its servers' archive_command reads, is never rewritten). Benchmarks
+// and drills use it to restore by hand what plinth dev backs up.
+func OpenBackups(home, dir string) (*backup.PgBackRest, error) {
+	abs, err := filepath.Abs(home)
+	if err != nil {
+		return nil, err
+	}
+	st, err := ReadState(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open backups: %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(abs, backupKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("open backups: %w", err)
+	}
+	cred, err := localpg.OSUser()
+	if err != nil {
+		return nil, err
+	}
+	_, shards := clusters(abs, st)
+	var stanzas []backup.Stanza
+	for i, c := range shards {
+		name := st.Shards[i].Name
+		stanzas = append(stanzas, backup.Stanza{Name: name, DataDir: c.DataDir(), Port: c.Port,
+			SocketDir: socketDir(abs, name), User: localpg.Superuser, Password: c.Password})
+	}
+	return backup.New(backup.Config{Home: dir, Repo: filepath.Join(abs, "backups"),
+		CipherPass: strings.TrimSpace(string(b)), Cred: cred}, stanzas...)
+}
