@@ -400,32 +400,48 @@ func (p *PgBackRest) Scratch(ctx context.Context, stanza string, dbs []string, t
 	if err := p.Check(ctx, stanza); err != nil {
 		return nil, took, err
 	}
-	began := time.Now()
-	err := p.RestoreDatabases(ctx, stanza, dbs, c.DataDir(), target)
-	if err != nil && strings.Contains(err.Error(), "database to include") {
-		// A database created after the backup is only in the WAL: restore
-		// the whole cluster, and the replay brings it back.
+	took, err := p.restoreAndReplay(ctx, stanza, dbs, target, c)
+	if err != nil && len(dbs) > 0 && (strings.Contains(err.Error(), "database to include") ||
+		strings.Contains(err.Error(), "invalid pages")) {
+		// A database created after the backup is only in the WAL, and the
+		// replay of a partial restore can reach pages of a database left
+		// out ("WAL contains references to invalid pages"): restore the
+		// whole cluster, and the replay brings everything back.
+		_ = c.Stop(context.WithoutCancel(ctx))
 		if err = DiscardScratch(ctx, dir); err == nil {
-			err = p.RestoreDatabases(ctx, stanza, nil, c.DataDir(), target)
+			took, err = p.restoreAndReplay(ctx, stanza, nil, target, c)
 		}
 	}
 	if err != nil {
+		_ = c.Stop(context.WithoutCancel(ctx))
 		return nil, took, err
+	}
+	return c, took, nil
+}
+
+// restoreAndReplay restores dbs (all when empty) of the stanza into c's
+// data directory, then starts c and waits until it has replayed to the
+// target and promoted, or failed.
+func (p *PgBackRest) restoreAndReplay(ctx context.Context, stanza string, dbs []string, target time.Time, c *localpg.Cluster) ([2]time.Duration, error) {
+	var took [2]time.Duration
+	began := time.Now()
+	if err := p.RestoreDatabases(ctx, stanza, dbs, c.DataDir(), target); err != nil {
+		return took, err
 	}
 	took[0] = time.Since(began)
 	// Recovery needs connection and worker limits no lower than the
 	// shard's; recoveryLimits reads them from the restored control file.
 	if err := recoveryLimits(ctx, c); err != nil {
-		return nil, took, err
+		return took, err
 	}
 	began = time.Now()
 	port, err := localpg.FreePort()
 	if err != nil {
-		return nil, took, err
+		return took, err
 	}
 	c.Port = port
 	if _, err := c.Start(ctx); err != nil {
-		return nil, took, fmt.Errorf("%w: %s", err, serverFailure(c.LogPath()))
+		return took, fmt.Errorf("%w: %s", err, serverFailure(c.LogPath()))
 	}
 	for {
 		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
@@ -437,15 +453,17 @@ func (p *PgBackRest) Scratch(ctx context.Context, stanza string, dbs []string, t
 				break
 			}
 		}
+		if failure := serverFailure(c.LogPath()); strings.Contains(failure, "PANIC") {
+			return took, fmt.Errorf("backup: the scratch copy of %s failed to replay: %s", stanza, failure)
+		}
 		select {
 		case <-ctx.Done():
-			_ = c.Stop(context.WithoutCancel(ctx))
-			return nil, took, fmt.Errorf("backup: the scratch copy of %s did not finish replaying: %w", stanza, ctx.Err())
+			return took, fmt.Errorf("backup: the scratch copy of %s did not finish replaying: %w", stanza, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	took[1] = time.Since(began)
-	return c, took, nil
+	return took, nil
 }
 
 // DiscardScratch stops a scratch server in dir, if one runs, and removes dir.
