@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
@@ -29,14 +28,6 @@ type BackupDueArgs struct{}
 
 // Kind implements river.JobArgs.
 func (BackupDueArgs) Kind() string { return "plinth.backup_due" }
-
-var backupDueOpts = &river.InsertOpts{
-	Queue:       queueMaintenance,
-	MaxAttempts: 1,
-	UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: []rivertype.JobState{
-		rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRunning, rivertype.JobStateScheduled,
-	}},
-}
 
 type backupDueWorker struct {
 	river.WorkerDefaults[BackupDueArgs]

@@ -9,7 +9,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
@@ -95,14 +94,6 @@ type DrillDueArgs struct{}
 
 // Kind implements river.JobArgs.
 func (DrillDueArgs) Kind() string { return "plinth.drill_due" }
-
-var drillDueOpts = &river.InsertOpts{
-	Queue:       queueMaintenance,
-	MaxAttempts: 1,
-	UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: []rivertype.JobState{
-		rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRunning, rivertype.JobStateScheduled,
-	}},
-}
 
 // StartDrill records a drill of sample tenants (nil: all) to the present
 // moment and queues its job, in one transaction.

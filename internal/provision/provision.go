@@ -279,14 +279,14 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 			periodic(cfg.HealthInterval, HealthArgs{}, maintenance),
 			periodic(cfg.RefillInterval, RefillArgs{}, refillOpts), // one refill at a time
 			periodic(cfg.SweepInterval, SweepArgs{}, maintenance),
-			periodic(cfg.DrillDueInterval, DrillDueArgs{}, drillDueOpts),
-			periodic(cfg.BackupCheckInterval, BackupDueArgs{}, backupDueOpts),
+			periodic(cfg.DrillDueInterval, DrillDueArgs{}, refillOpts),
+			periodic(cfg.BackupCheckInterval, BackupDueArgs{}, refillOpts),
 		},
 	})
 }
 
-// refillOpts keeps refills (periodic or on demand) to one waiting or
-// running at a time.
+// refillOpts keeps refills (periodic or on demand), drill checks and
+// backup checks each to one waiting or running at a time (unique by kind).
 var refillOpts = &river.InsertOpts{
 	Queue:       queueMaintenance,
 	MaxAttempts: 1,

@@ -2,6 +2,7 @@ package provision_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -55,7 +56,7 @@ func TestVerifyCatalogFindsWhatChangedBehindItsBack(t *testing.T) {
 	conn, err := pgx.Connect(ctx, pg.DSN(globex.Installations[0].Database))
 	must(t, err)
 	_, err = conn.Exec(ctx, `UPDATE plinth.identity SET tenant_id = $1`, initech.ID)
-	must(t, errorsJoin(err, conn.Close(ctx)))
+	must(t, errors.Join(err, conn.Close(ctx)))
 
 	rep, err = b.svc.VerifyCatalog(b.ctx, b.store)
 	must(t, err)
@@ -73,13 +74,4 @@ func TestVerifyCatalogFindsWhatChangedBehindItsBack(t *testing.T) {
 			t.Errorf("%s: %q, want %s (all: %+v)", db, got[db], kind, rep.Findings)
 		}
 	}
-}
-
-func errorsJoin(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
