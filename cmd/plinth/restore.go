@@ -17,7 +17,7 @@ import (
 )
 
 func tenantRestoreCmd(g *globals) *cobra.Command {
-	var to, product, file string
+	var to, product, file, deleted string
 	var undo, noWait bool
 	var concurrency int
 	cmd := &cobra.Command{
@@ -34,18 +34,29 @@ keeps its ID and ARIs; other tenants on the shard are untouched.
 The databases it replaces are kept (state replaced) and refuse connections;
 --undo swaps them back. --file restores many tenants at once (one slug or ID
 per line): one scratch restore per shard, parallel copies, and a tenant that
-fails is reported, not a stop. The restore is a durable job: if Plinth dies,
+fails is reported, not a stop. A deleted tenant, and a purged one (by ID)
+while its backups last, comes back from the backups to the state it had
+before it was deleted; --deleted-between A,B restores every tenant deleted in
+that window, as after a script deleted them by mistake. The restore is a durable job: if Plinth dies,
 it resumes when Plinth starts again.`,
 		Example: `  plinth tenant restore acme --to -15m
   plinth tenant restore acme --to 2026-12-07T10:00:00Z --product tracker
   plinth tenant restore acme --undo
-  plinth tenant restore --file deleted-by-mistake.txt --to -2h --concurrency 4`,
+  plinth tenant restore --file deleted-by-mistake.txt --to -2h --concurrency 4
+  plinth tenant restore --deleted-between -3h,-1h --to -3h`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := api.RestoreRequest{Product: product, Undo: undo, Concurrency: concurrency}
+			now := time.Now()
 			switch {
-			case len(args) == 1 && file != "":
-				return errors.New("name one tenant or give --file, not both")
+			case (len(args) == 1 && file != "") || (deleted != "" && (len(args) == 1 || file != "")):
+				return errors.New("name one tenant, or give --file or --deleted-between, not more than one")
+			case deleted != "":
+				w, err := api.ParseDeletedBetween(deleted, now)
+				if err != nil {
+					return err
+				}
+				req.DeletedBetween = []string{w[0].UTC().Format(time.RFC3339Nano), w[1].UTC().Format(time.RFC3339Nano)}
 			case len(args) == 1:
 				req.Tenants = args
 			case file != "":
@@ -55,7 +66,7 @@ it resumes when Plinth starts again.`,
 				}
 				req.Tenants = ids
 			default:
-				return errors.New("name the tenant to restore (or --file with one per line)")
+				return errors.New("name the tenant to restore (or --file with one per line, or --deleted-between)")
 			}
 			switch {
 			case undo && to != "":
@@ -63,7 +74,7 @@ it resumes when Plinth starts again.`,
 			case !undo && to == "":
 				return errors.New("--to is required: an RFC 3339 time or a duration before now such as -15m")
 			case !undo:
-				t, err := api.ParseRestoreTarget(to, time.Now())
+				t, err := api.ParseRestoreTarget(to, now)
 				if err != nil {
 					return err
 				}
@@ -110,6 +121,7 @@ it resumes when Plinth starts again.`,
 	cmd.Flags().StringVar(&product, "product", "", "restore only this product's database")
 	cmd.Flags().BoolVar(&undo, "undo", false, "swap back the databases the last restore replaced")
 	cmd.Flags().StringVar(&file, "file", "", "restore the tenants listed in this file (one slug or ID per line)")
+	cmd.Flags().StringVar(&deleted, "deleted-between", "", "restore the tenants deleted (or purged) between two times A,B (RFC 3339 or -3h,-1h)")
 	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "databases copied at once (1-32, default 2)")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the restore is accepted")
 	return cmd

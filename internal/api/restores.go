@@ -14,8 +14,11 @@ import (
 
 // RestoreRequest is the body of POST /v1/restores.
 type RestoreRequest struct {
-	// Tenants are slugs or IDs.
-	Tenants []string `json:"tenants"`
+	// Tenants are slugs or IDs (a purged tenant's ID only).
+	Tenants []string `json:"tenants,omitempty"`
+	// DeletedBetween, instead of Tenants, restores the tenants deleted (or
+	// purged since) in [first, second): two times in To's format.
+	DeletedBetween []string `json:"deleted_between,omitempty"`
 	// To is the moment to restore to: an RFC 3339 time, or a negative
 	// duration before now such as -15m. Required unless Undo.
 	To string `json:"to,omitempty"`
@@ -48,6 +51,34 @@ func ParseRestoreTarget(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
+// ParseDeletedBetween reads "A,B", two times in ParseRestoreTarget's
+// format, the first before the second.
+func ParseDeletedBetween(s string, now time.Time) ([2]time.Time, error) {
+	a, b, ok := strings.Cut(s, ",")
+	if !ok {
+		return [2]time.Time{}, catalog.Invalid("invalid_deleted_between", "give the deletion window as two times A,B (RFC 3339, or durations before now such as -3h,-1h)")
+	}
+	return parseWindow([]string{a, b}, now)
+}
+
+func parseWindow(ts []string, now time.Time) ([2]time.Time, error) {
+	var w [2]time.Time
+	if len(ts) != 2 {
+		return w, catalog.Invalid("invalid_deleted_between", "the deletion window is two times, not %d", len(ts))
+	}
+	for i, s := range ts {
+		t, err := ParseRestoreTarget(s, now)
+		if err != nil {
+			return w, catalog.Invalid("invalid_deleted_between", "the deletion window's %s: %v", [2]string{"start", "end"}[i], err)
+		}
+		w[i] = t
+	}
+	if !w[0].Before(w[1]) {
+		return w, catalog.Invalid("invalid_deleted_between", "the deletion window must end after it begins")
+	}
+	return w, nil
+}
+
 func (s *Server) startRestore(w http.ResponseWriter, r *http.Request) error {
 	var req RestoreRequest
 	if err := decode(r, &req, false); err != nil {
@@ -69,6 +100,13 @@ func (s *Server) startRestore(w http.ResponseWriter, r *http.Request) error {
 		if t == "" || len(t) > 63 {
 			return catalog.Invalid("invalid_tenants", "%q is not a tenant slug or ID", truncate(t, 40))
 		}
+	}
+	if req.DeletedBetween != nil {
+		w, err := parseWindow(req.DeletedBetween, time.Now())
+		if err != nil {
+			return err
+		}
+		p.DeletedBetween = &w
 	}
 	res, err := s.cfg.Service.StartRestore(r.Context(), s.store(r), p)
 	if err != nil {

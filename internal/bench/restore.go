@@ -646,8 +646,8 @@ func massRestore(ctx context.Context, d *dev, n, concurrency int, say func(strin
 		}
 	}
 	m.Copy = Summarise(copies)
-	if r.State != catalog.RestoreSucceeded {
-		say("mass: the restore %s: %s", r.State, itemErrors(r))
+	if r.State != catalog.RestoreSucceeded || m.Failed > 0 {
+		return nil, fmt.Errorf("the restore %s with %d of %d tenants not restored: %s", r.State, m.Failed, len(r.Items), itemErrors(r))
 	}
 	return m, nil
 }

@@ -30,8 +30,14 @@ const (
 )
 
 // RestorableStates are the states a tenant can be restored in place from;
-// it returns to the same state afterwards.
+// it returns to the same state afterwards. A deleted or purged tenant can
+// be restored too (while its backups last), and returns to the state it had
+// before it was deleted, when that is one of these.
 var RestorableStates = []TenantState{StateActive, StateSuspended, StateDeactivated}
+
+// gone reports whether a tenant in state st is deleted or purged: its
+// restore brings it back, without passing through restoring.
+func gone(st TenantState) bool { return st == StateDeleted || st == StatePurged }
 
 // MaxRestoreTenants bounds one restore request.
 const MaxRestoreTenants = 1000
@@ -66,20 +72,26 @@ type RestoreItem struct {
 	RestoredDatabaseID *uuid.UUID  `json:"restored_database_id,omitempty"`
 	RestoredDatabase   string      `json:"restored_database,omitempty"`
 	PriorState         TenantState `json:"prior_state"`
-	State              string      `json:"state"`
-	Error              string      `json:"error,omitempty"`
-	Attempts           int         `json:"attempts"`
-	RestoreMS          *int64      `json:"restore_ms,omitempty"`
-	ReplayMS           *int64      `json:"replay_ms,omitempty"`
-	CopyMS             *int64      `json:"copy_ms,omitempty"`
-	SwapMS             *int64      `json:"swap_ms,omitempty"`
-	SwappedAt          *time.Time  `json:"swapped_at,omitempty"`
+	// ReturnState is the state the tenant takes after the swap when it is
+	// not PriorState: for a deleted or purged tenant, its state before.
+	ReturnState TenantState `json:"return_state,omitempty"`
+	State       string      `json:"state"`
+	Error       string      `json:"error,omitempty"`
+	Attempts    int         `json:"attempts"`
+	RestoreMS   *int64      `json:"restore_ms,omitempty"`
+	ReplayMS    *int64      `json:"replay_ms,omitempty"`
+	CopyMS      *int64      `json:"copy_ms,omitempty"`
+	SwapMS      *int64      `json:"swap_ms,omitempty"`
+	SwappedAt   *time.Time  `json:"swapped_at,omitempty"`
 }
 
 // CreateRestoreParams asks for a restore.
 type CreateRestoreParams struct {
-	// Tenants are slugs or IDs.
+	// Tenants are slugs or IDs (a purged tenant's ID only).
 	Tenants []string
+	// DeletedBetween, instead of Tenants, names the tenants deleted (and
+	// maybe purged since) at or after its first time and before its second.
+	DeletedBetween *[2]time.Time
 	// Product restores only that product's database ("": every product).
 	Product string
 	// Target is the moment to go back to; nil asks for an undo of each
@@ -97,6 +109,9 @@ type CreateRestoreParams struct {
 // restore running, and (for a restore) have existed at the target time. On
 // any refusal nothing is recorded.
 func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Restore, error) {
+	if err := s.ResolveRestoreTenants(ctx, &p); err != nil {
+		return Restore{}, err
+	}
 	switch {
 	case len(p.Tenants) == 0:
 		return Restore{}, Invalid("invalid_tenants", "name at least one tenant to restore")
@@ -165,12 +180,30 @@ func (s *Store) addRestoreItems(ctx context.Context, id uuid.UUID, t Tenant, p C
 	if _, err := s.q.Exec(ctx, `SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE`, t.ID); err != nil {
 		return fmt.Errorf("lock tenant: %w", err)
 	}
-	if !slices.Contains(RestorableStates, t.State) {
-		hint := ""
-		if t.State == StateDeleted {
-			hint = " (undelete it first)"
+	var back TenantState // the state a deleted or purged tenant returns to
+	switch {
+	case slices.Contains(RestorableStates, t.State):
+	case gone(t.State) && p.Target == nil:
+		return Conflict("tenant_not_restorable", "tenant %s is %s: there is no restore of it to undo", t.Slug, t.State)
+	case gone(t.State):
+		back = t.StateBeforeDelete
+		if !slices.Contains(RestorableStates, back) {
+			return Conflict("tenant_not_restorable", "tenant %s was %s before it was deleted: it had no databases to restore", t.Slug, back)
 		}
-		return Conflict("tenant_not_restorable", "tenant %s is %s: only an active, suspended or deactivated tenant can be restored%s", t.Slug, t.State, hint)
+		if t.PurgedAt != nil && !p.Target.Before(*t.PurgedAt) {
+			return Invalid("target_after_purge", "tenant %s was purged at %s: restore it to a time before that",
+				t.Slug, t.PurgedAt.UTC().Format(time.RFC3339))
+		}
+		var purging bool
+		if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM operations WHERE tenant_id = $1 AND kind = 'purge' AND state = 'running')`,
+			t.ID).Scan(&purging); err != nil {
+			return fmt.Errorf("look for a running purge: %w", err)
+		}
+		if purging {
+			return Conflict("purge_running", "tenant %s is being purged; restore it once the purge has finished", t.Slug)
+		}
+	default:
+		return Conflict("tenant_not_restorable", "tenant %s is %s: only an active, suspended, deactivated, deleted or purged tenant can be restored", t.Slug, t.State)
 	}
 	var running bool
 	if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM restore_items WHERE tenant_id = $1 AND state IN ('pending', 'copied'))`,
@@ -189,10 +222,20 @@ func (s *Store) addRestoreItems(ctx context.Context, id uuid.UUID, t Tenant, p C
 		if p.Product != "" && in.Product != p.Product {
 			continue
 		}
-		if in.DatabaseID == nil || in.State != InstallationReady {
+		var current uuid.UUID
+		switch {
+		case t.State == StatePurged && in.State == InstallationPurged:
+			d, err := s.PurgedDatabase(ctx, in.ID)
+			if err != nil {
+				return err
+			}
+			current = d.ID
+		case in.DatabaseID == nil || in.State != InstallationReady:
 			return Conflict("installation_not_ready", "tenant %s's %s database is not ready yet", t.Slug, in.Product)
+		default:
+			current = *in.DatabaseID
 		}
-		if err := s.addRestoreItem(ctx, id, t, in, p.Target); err != nil {
+		if err := s.addRestoreItem(ctx, id, t, in, current, back, p.Target); err != nil {
 			return err
 		}
 		n++
@@ -206,12 +249,14 @@ func (s *Store) addRestoreItems(ctx context.Context, id uuid.UUID, t Tenant, p C
 	return nil
 }
 
-// addRestoreItem records one installation's item. For a restore the
-// source is the database that was the installation's at the target: the
-// one the first swap after the target replaced, or the current one. For an
-// undo it is the database the last swap replaced, and it needs no copy.
-func (s *Store) addRestoreItem(ctx context.Context, id uuid.UUID, t Tenant, in Installation, target *time.Time) error {
-	current := *in.DatabaseID
+// addRestoreItem records one installation's item. current is the
+// installation's database (for a purged tenant, the one it had when it was
+// purged, now dropped); back is the state a deleted or purged tenant
+// returns to. For a restore the source is the database that was the
+// installation's at the target: the one the first swap after the target
+// replaced, or the current one. For an undo it is the database the last
+// swap replaced, and it needs no copy.
+func (s *Store) addRestoreItem(ctx context.Context, id uuid.UUID, t Tenant, in Installation, current uuid.UUID, back TenantState, target *time.Time) error {
 	source, restored, state := current, (*uuid.UUID)(nil), ItemPending
 	if target != nil {
 		err := s.q.QueryRow(ctx, `SELECT current_database_id FROM restore_items
@@ -239,18 +284,71 @@ func (s *Store) addRestoreItem(ctx context.Context, id uuid.UUID, t Tenant, in I
 	}
 	_, err := s.q.Exec(ctx, `
 		INSERT INTO restore_items (restore_id, installation_id, tenant_id, product, shard, current_database_id,
-			source_database_id, source_database, restored_database_id, prior_state, state)
-		SELECT $1, $2, $3, $4, c.shard, c.id, s.id, s.name, $7, $8, $9
+			source_database_id, source_database, restored_database_id, prior_state, state, return_state)
+		SELECT $1, $2, $3, $4, c.shard, c.id, s.id, s.name, $7, $8, $9, nullif($10, '')
 		FROM tenant_databases c, tenant_databases s WHERE c.id = $5 AND s.id = $6`,
-		id, in.ID, t.ID, in.Product, current, source, restored, t.State, state)
+		id, in.ID, t.ID, in.Product, current, source, restored, t.State, state, string(back))
 	if err != nil {
 		return mapError(fmt.Errorf("record restore item: %w", err))
 	}
 	return nil
 }
 
+// ResolveRestoreTenants turns p's DeletedBetween into Tenants.
+func (s *Store) ResolveRestoreTenants(ctx context.Context, p *CreateRestoreParams) error {
+	if p.DeletedBetween == nil {
+		return nil
+	}
+	from, until := p.DeletedBetween[0], p.DeletedBetween[1]
+	switch {
+	case len(p.Tenants) > 0:
+		return Invalid("invalid_tenants", "name the tenants or the time they were deleted between, not both")
+	case !from.Before(until):
+		return Invalid("invalid_deleted_between", "the deletion window must end after it begins")
+	case p.Target == nil:
+		return Invalid("invalid_target", "restoring deleted tenants needs a target time")
+	}
+	ids, err := s.TenantsDeletedBetween(ctx, from, until, MaxRestoreTenants+1)
+	if err != nil {
+		return err
+	}
+	if len(ids) == 0 {
+		return NotFound("no_deleted_tenants", "no tenant was deleted between %s and %s",
+			from.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+	}
+	p.Tenants, p.DeletedBetween = ids, nil
+	return nil
+}
+
+// PurgedDatabase returns the database a purged installation had when it
+// was purged (dropped now): the one its last restore swapped in, or else
+// its first.
+func (s *Store) PurgedDatabase(ctx context.Context, installationID uuid.UUID) (Database, error) {
+	var id uuid.UUID
+	err := s.q.QueryRow(ctx, `SELECT coalesce(
+			(SELECT restored_database_id FROM restore_items WHERE installation_id = $1 AND state = 'swapped'
+			 ORDER BY swapped_at DESC LIMIT 1),
+			(SELECT id FROM tenant_databases WHERE installation_id = $1 ORDER BY created_at LIMIT 1))`,
+		installationID).Scan(&id)
+	if err != nil {
+		return Database{}, NotFound("database_not_found", "installation %s never had a database", installationID)
+	}
+	return s.GetDatabase(ctx, id)
+}
+
+// TenantsDeletedBetween returns the IDs of the tenants deleted (and maybe
+// purged since) in [from, until), oldest deletion first, at most limit.
+func (s *Store) TenantsDeletedBetween(ctx context.Context, from, until time.Time, limit int) ([]string, error) {
+	rows, err := s.q.Query(ctx, `SELECT id::text FROM tenants WHERE state IN ('deleted', 'purged')
+		AND deleted_at >= $1 AND deleted_at < $2 ORDER BY deleted_at, id LIMIT $3`, from, until, limit)
+	if err != nil {
+		return nil, fmt.Errorf("tenants deleted between: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
 const restoreItemColumns = `r.installation_id, r.tenant_id, t.slug, r.product, r.shard, r.current_database_id, c.name,
-	r.source_database_id, r.source_database, r.restored_database_id, coalesce(n.name, ''), r.prior_state, r.state,
+	r.source_database_id, r.source_database, r.restored_database_id, coalesce(n.name, ''), r.prior_state, coalesce(r.return_state, ''), r.state,
 	r.error, r.attempts, r.restore_ms, r.replay_ms, r.copy_ms, r.swap_ms, r.swapped_at`
 
 // GetRestore returns a restore with its items, in tenant and product order.
@@ -277,7 +375,7 @@ func (s *Store) GetRestore(ctx context.Context, id uuid.UUID) (Restore, error) {
 		var it RestoreItem
 		err := row.Scan(&it.InstallationID, &it.TenantID, &it.Tenant, &it.Product, &it.Shard, &it.CurrentDatabaseID,
 			&it.CurrentDatabase, &it.SourceDatabaseID, &it.SourceDatabase, &it.RestoredDatabaseID, &it.RestoredDatabase,
-			&it.PriorState, &it.State, &it.Error, &it.Attempts, &it.RestoreMS, &it.ReplayMS, &it.CopyMS, &it.SwapMS, &it.SwappedAt)
+			&it.PriorState, &it.ReturnState, &it.State, &it.Error, &it.Attempts, &it.RestoreMS, &it.ReplayMS, &it.CopyMS, &it.SwapMS, &it.SwappedAt)
 		return it, err
 	})
 	if err != nil {
@@ -343,12 +441,20 @@ func (s *Store) FailRestoreItem(ctx context.Context, restoreID, installationID u
 }
 
 // BeginRestoreSwap moves the tenant to restoring (the edge then holds its
-// requests), unless it already is (a resumed swap).
+// requests), unless it already is (a resumed swap). A deleted or purged
+// tenant takes no requests and stays as it is; it must still be so.
 func (s *Store) BeginRestoreSwap(ctx context.Context, tenantID uuid.UUID, prior TenantState, actor string) error {
 	return s.InTx(ctx, func(tx *Store) error {
 		t, err := tx.GetTenantByID(ctx, tenantID)
 		if err != nil || t.State == StateRestoring {
 			return err
+		}
+		if gone(prior) {
+			if t.State != prior {
+				return &Error{Kind: KindConflict, Code: "illegal_transition", Err: ErrIllegalTransition,
+					Message: fmt.Sprintf("tenant %s was %s when the restore began and is %s now", t.Slug, prior, t.State)}
+			}
+			return nil
 		}
 		_, err = tx.Transition(ctx, TransitionParams{TenantID: tenantID, Action: "restore.begin", Actor: actor,
 			From: []TenantState{prior}, To: StateRestoring})
@@ -358,21 +464,24 @@ func (s *Store) BeginRestoreSwap(ctx context.Context, tenantID uuid.UUID, prior 
 
 // FinishRestoreSwap points each copied item of the tenant in the restore at
 // its restored database, keeps the database it replaces as replaced, and
-// returns the tenant to its prior state, in one transaction.
+// returns the tenant to its prior state, in one transaction. A deleted
+// tenant comes back to its state before deletion; a purged one too, with
+// its installations ready again (their dropped databases stay dropped).
 func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.UUID, swapMS int64, actor string) error {
 	return s.InTx(ctx, func(tx *Store) error {
-		rows, err := tx.q.Query(ctx, `SELECT installation_id, current_database_id, restored_database_id, prior_state
+		rows, err := tx.q.Query(ctx, `SELECT installation_id, current_database_id, restored_database_id, prior_state,
+				coalesce(return_state, prior_state)
 			FROM restore_items WHERE restore_id = $1 AND tenant_id = $2 AND state = 'copied' FOR UPDATE`, restoreID, tenantID)
 		if err != nil {
 			return fmt.Errorf("lock restore items: %w", err)
 		}
 		type item struct {
 			inst, current, restored uuid.UUID
-			prior                   TenantState
+			prior, back             TenantState
 		}
 		items, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (item, error) {
 			var it item
-			return it, row.Scan(&it.inst, &it.current, &it.restored, &it.prior)
+			return it, row.Scan(&it.inst, &it.current, &it.restored, &it.prior, &it.back)
 		})
 		if err != nil {
 			return fmt.Errorf("lock restore items: %w", err)
@@ -381,8 +490,10 @@ func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.
 			return nil
 		}
 		for _, it := range items {
-			tag, err := tx.q.Exec(ctx, `UPDATE tenant_databases SET state = 'replaced', updated_at = now()
-				WHERE id = $1 AND state = 'assigned' AND installation_id = $2`, it.current, it.inst)
+			tag, err := tx.q.Exec(ctx, `UPDATE tenant_databases
+				SET state = CASE state WHEN 'assigned' THEN 'replaced' ELSE state END, updated_at = now()
+				WHERE id = $1 AND installation_id = $2 AND (state = 'assigned' OR (state = 'dropped' AND $3 = 'purged'))`,
+				it.current, it.inst, it.prior)
 			if err != nil {
 				return fmt.Errorf("replace database: %w", err)
 			}
@@ -393,13 +504,22 @@ func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.
 				WHERE id = $1`, it.restored, it.inst); err != nil {
 				return mapError(fmt.Errorf("assign restored database: %w", err))
 			}
+			if it.prior == StatePurged {
+				if err := tx.SetInstallationState(ctx, it.inst, InstallationReady); err != nil {
+					return err
+				}
+			}
 			if _, err := tx.q.Exec(ctx, `UPDATE restore_items SET state = 'swapped', swapped_at = now(), swap_ms = $3, updated_at = now()
 				WHERE restore_id = $1 AND installation_id = $2`, restoreID, it.inst, swapMS); err != nil {
 				return fmt.Errorf("mark restore item swapped: %w", err)
 			}
 		}
+		from := StateRestoring
+		if gone(items[0].prior) {
+			from = items[0].prior
+		}
 		_, err = tx.Transition(ctx, TransitionParams{TenantID: tenantID, Action: "restore.swap", Actor: actor,
-			From: []TenantState{StateRestoring}, To: items[0].prior, Reason: "restore " + restoreID.String()})
+			From: []TenantState{from}, To: items[0].back, Reason: "restore " + restoreID.String()})
 		return err
 	})
 }

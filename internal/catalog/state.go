@@ -40,6 +40,8 @@ var Transitions = map[TenantState][]TenantState{
 	StateDeleted:      {StateActive, StateSuspended, StateDeactivated, StateFailed, StatePurged},
 	StateMoving:       {StateActive},
 	StateRestoring:    {StateActive, StateSuspended, StateDeactivated},
+	// A restore from backups brings a purged tenant back.
+	StatePurged: {StateActive, StateSuspended, StateDeactivated},
 }
 
 // CanTransition reports whether a tenant may move from one state to another.

@@ -299,10 +299,10 @@ func (s *Store) Transition(ctx context.Context, p TransitionParams) (Tenant, err
 			_, err = tx.q.Exec(ctx, `
 				UPDATE tenants SET state = 'purged', state_reason = $2, purged_at = now(), purge_after = NULL
 				WHERE id = $1`, p.TenantID, p.Reason)
-		case cur.State == StateDeleted:
+		case cur.State == StateDeleted || cur.State == StatePurged: // undelete, or a restore
 			_, err = tx.q.Exec(ctx, `
 				UPDATE tenants SET state = $2, state_reason = $3, state_before_delete = NULL,
-					deleted_at = NULL, purge_after = NULL
+					deleted_at = NULL, purge_after = NULL, purged_at = NULL
 				WHERE id = $1`, p.TenantID, p.To, p.Reason)
 		default:
 			_, err = tx.q.Exec(ctx, `UPDATE tenants SET state = $2, state_reason = $3 WHERE id = $1`,
@@ -324,13 +324,14 @@ func (s *Store) Transition(ctx context.Context, p TransitionParams) (Tenant, err
 }
 
 // ExpiredTenants returns deleted tenants whose retention window has ended,
-// leaving out those being purged and those whose purge failed in the last
-// hour (they are retried later, and must not hold up the others).
+// leaving out those being purged or restored and those whose purge failed
+// in the last hour (they are retried later, and must not hold up the others).
 func (s *Store) ExpiredTenants(ctx context.Context, limit int) ([]uuid.UUID, error) {
 	rows, err := s.q.Query(ctx, `
 		SELECT t.id FROM tenants t WHERE t.state = 'deleted' AND t.purge_after <= now()
 		  AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.tenant_id = t.id AND o.kind = 'purge'
 			AND (o.state = 'running' OR (o.state = 'failed' AND o.finished_at > now() - interval '1 hour')))
+		  AND NOT EXISTS (SELECT 1 FROM restore_items r WHERE r.tenant_id = t.id AND r.state IN ('pending', 'copied'))
 		ORDER BY t.purge_after LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("expired tenants: %w", err)

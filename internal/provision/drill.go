@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
@@ -185,10 +186,12 @@ func (w *drillWorker) Work(ctx context.Context, job *river.Job[DrillArgs]) error
 		}
 		byShard[t.Shard] = append(byShard[t.Shard], t)
 	}
+	g, gctx := errgroup.WithContext(ctx)
 	for _, shard := range order {
-		if err := w.drillShard(ctx, d, shard, byShard[shard]); err != nil {
-			return err
-		}
+		g.Go(func() error { return w.drillShard(gctx, d, shard, byShard[shard]) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	d, err = w.store.FinishDrill(ctx, d.ID, "")
 	if err == nil {

@@ -59,6 +59,9 @@ var restoreOpts = &river.InsertOpts{
 // that no tenant row stays locked while pgBackRest reads the repository.
 func (s *Service) StartRestore(ctx context.Context, st *catalog.Store, p catalog.CreateRestoreParams) (catalog.Restore, error) {
 	p.Retention = time.Duration(backup.RetentionDaysDefault) * 24 * time.Hour
+	if err := st.ResolveRestoreTenants(ctx, &p); err != nil {
+		return catalog.Restore{}, err
+	}
 	if p.Target != nil {
 		if s.cfg.Restorer == nil {
 			return catalog.Restore{}, catalog.NotFound("backups_not_configured",
@@ -95,6 +98,11 @@ func (s *Service) checkTarget(ctx context.Context, st *catalog.Store, p catalog.
 			continue
 		}
 		for _, in := range t.Installations {
+			if in.Shard == "" && in.State == catalog.InstallationPurged {
+				if d, err := st.PurgedDatabase(ctx, in.ID); err == nil {
+					in.Shard = d.Shard
+				}
+			}
 			if in.Shard == "" || checked[in.Shard] || (p.Product != "" && in.Product != p.Product) {
 				continue
 			}
@@ -197,10 +205,14 @@ func (w *restoreWorker) restore(ctx context.Context, r catalog.Restore) error {
 		shards = append(shards, s)
 	}
 	slices.Sort(shards)
+	// Shards are restored side by side: each has its own scratch server,
+	// and a mass restore is bound by the slowest shard, not their sum.
+	g, gctx := errgroup.WithContext(ctx)
 	for _, s := range shards {
-		if err := w.copyShard(ctx, r, s, byShard[s]); err != nil {
-			return err
-		}
+		g.Go(func() error { return w.copyShard(gctx, r, s, byShard[s]) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	r, err := w.store.GetRestore(ctx, r.ID)
 	if err != nil {
@@ -214,12 +226,14 @@ func (w *restoreWorker) restore(ctx context.Context, r catalog.Restore) error {
 		}
 		byTenant[it.TenantID] = append(byTenant[it.TenantID], it)
 	}
+	// Each tenant's swap is a transaction of its own, so they too go
+	// Concurrency at a time.
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(r.Concurrency)
 	for _, t := range tenants {
-		if err := w.swap(ctx, r, byTenant[t]); err != nil {
-			return err
-		}
+		g.Go(func() error { return w.swap(gctx, r, byTenant[t]) })
 	}
-	return nil
+	return g.Wait()
 }
 
 // copyShard restores the shard's databases of the items into one scratch

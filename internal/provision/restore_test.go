@@ -278,3 +278,103 @@ func (b bundle) item(t *testing.T, id uuid.UUID) catalog.RestoreItem {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A script deletes two tenants by mistake and purges one of them: a
+// restore of the tenants deleted in that window brings both back from the
+// backups, to the state each had before it was deleted and with its data
+// as at the target, keeping their IDs. A tenant deleted outside the window
+// stays deleted.
+func TestRestoreDeletedAndPurgedTenants(t *testing.T) {
+	t.Parallel()
+	b, br := backedUp(t)
+	acme, globex, initech := b.active(t, "acme"), b.active(t, "globex"), b.active(t, "initech")
+	for _, tn := range []catalog.Tenant{acme, globex, initech} {
+		b.exec(t, tn.Installations[0].Database, `INSERT INTO notes (body) VALUES ('in the backup')`)
+	}
+	must(t, br.Backup(b.ctx, "s1", backup.Full))
+	time.Sleep(1500 * time.Millisecond) // backup stop times are whole seconds
+	b.act(t, "initech", catalog.ActionDelete, "left long ago")
+	b.act(t, "globex", catalog.ActionSuspend, "unpaid")
+	target := b.now(t)
+	time.Sleep(100 * time.Millisecond)
+	b.exec(t, acme.Installations[0].Database, `INSERT INTO notes (body) VALUES ('after the target')`)
+
+	from := b.now(t)
+	b.act(t, "acme", catalog.ActionDelete, "cleanup script")
+	b.act(t, "globex", catalog.ActionDelete, "cleanup script")
+	_, op := b.act(t, "globex", catalog.ActionPurge, "cleanup script")
+	if got := b.waitOperation(t, op.ID); got.State != catalog.OperationSucceeded {
+		t.Fatalf("purge = %+v", got)
+	}
+	until := b.now(t)
+
+	for _, tt := range []struct {
+		name string
+		p    catalog.CreateRestoreParams
+		code string
+	}{
+		{"an undo of a deleted tenant", catalog.CreateRestoreParams{Tenants: []string{"acme"}}, "tenant_not_restorable"},
+		{"a purged tenant to after its purge", catalog.CreateRestoreParams{Tenants: []string{globex.ID.String()}, Target: ptr(b.now(t))}, "target_after_purge"},
+		{"a purged tenant by its slug", catalog.CreateRestoreParams{Tenants: []string{"globex"}, Target: &target}, "tenant_not_found"},
+		{"an empty window", catalog.CreateRestoreParams{DeletedBetween: &[2]time.Time{until, until.Add(time.Second)}, Target: &target}, "no_deleted_tenants"},
+		{"a window backwards", catalog.CreateRestoreParams{DeletedBetween: &[2]time.Time{until, from}, Target: &target}, "invalid_deleted_between"},
+		{"a window and tenants", catalog.CreateRestoreParams{Tenants: []string{"acme"}, DeletedBetween: &[2]time.Time{from, until}, Target: &target}, "invalid_tenants"},
+	} {
+		tt.p.Actor = "test"
+		_, err := b.svc.StartRestore(b.ctx, b.store, tt.p)
+		wantCode(t, tt.name, err, tt.code)
+	}
+
+	r, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{DeletedBetween: &[2]time.Time{from, until}, Target: &target, Actor: "test"})
+	must(t, err)
+	if len(r.Items) != 2 {
+		t.Fatalf("the window named %d installations, want acme's and globex's: %+v", len(r.Items), r.Items)
+	}
+	if r = b.waitRestore(t, r.ID); r.State != catalog.RestoreSucceeded {
+		t.Fatalf("restore = %+v", r)
+	}
+	for _, tt := range []struct {
+		was   catalog.Tenant
+		state catalog.TenantState
+		notes string
+	}{
+		{acme, catalog.StateActive, "in the backup"},
+		{globex, catalog.StateSuspended, "in the backup"},
+	} {
+		got := b.tenant(t, tt.was.ID.String())
+		if got.Slug != tt.was.Slug || got.State != tt.state || got.DeletedAt != nil || got.PurgedAt != nil {
+			t.Errorf("%s after the restore: %+v, want %s and no deletion", tt.was.Slug, got, tt.state)
+			continue
+		}
+		in := got.Installations[0]
+		if in.State != catalog.InstallationReady || in.Database == tt.was.Installations[0].Database {
+			t.Errorf("%s's installation after the restore: %+v", tt.was.Slug, in)
+			continue
+		}
+		if n := b.notes(t, in.Database); n != tt.notes {
+			t.Errorf("%s holds %q, want %q", tt.was.Slug, n, tt.notes)
+		}
+		if id, _ := b.identity(t, in.Database); *id != tt.was.ID {
+			t.Errorf("%s's restored database carries tenant %s", tt.was.Slug, id)
+		}
+	}
+	if got := b.tenant(t, "initech"); got.State != catalog.StateDeleted {
+		t.Errorf("initech, deleted before the window, is %s", got.State)
+	}
+	// The purged tenant's dropped database stays dropped; the deleted one's
+	// is kept as replaced, like any restore's.
+	for _, tt := range []struct {
+		was  catalog.Tenant
+		want catalog.DatabaseState
+	}{{acme, catalog.DatabaseReplaced}, {globex, catalog.DatabaseDropped}} {
+		d, err := b.store.GetDatabase(b.ctx, *tt.was.Installations[0].DatabaseID)
+		must(t, err)
+		if d.State != tt.want {
+			t.Errorf("%s's database from before is %s, want %s", tt.was.Slug, d.State, tt.want)
+		}
+	}
+	// The purged one answers by its slug again.
+	if _, err := b.store.GetTenant(b.ctx, "globex"); err != nil {
+		t.Errorf("globex by slug after the restore: %v", err)
+	}
+}
