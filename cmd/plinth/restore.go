@@ -17,7 +17,7 @@ import (
 )
 
 func tenantRestoreCmd(g *globals) *cobra.Command {
-	var to, product, file, deleted string
+	var to, product, file, deleted, as string
 	var undo, noWait bool
 	var concurrency int
 	cmd := &cobra.Command{
@@ -32,7 +32,8 @@ of the swap (the edge holds its requests), then back to its state. The tenant
 keeps its ID and ARIs; other tenants on the shard are untouched.
 
 The databases it replaces are kept (state replaced) and refuse connections;
---undo swaps them back. --file restores many tenants at once (one slug or ID
+--undo swaps them back. --as restores into a new tenant instead (same region
+and tier), to look at the old data without touching the tenant. --file restores many tenants at once (one slug or ID
 per line): one scratch restore per shard, parallel copies, and a tenant that
 fails is reported, not a stop. A deleted tenant, and a purged one (by ID)
 while its backups last, comes back from the backups to the state it had
@@ -41,12 +42,13 @@ that window, as after a script deleted them by mistake. The restore is a durable
 it resumes when Plinth starts again.`,
 		Example: `  plinth tenant restore acme --to -15m
   plinth tenant restore acme --to 2026-12-07T10:00:00Z --product tracker
+  plinth tenant restore acme --to -1h --as acme-before-import
   plinth tenant restore acme --undo
   plinth tenant restore --file deleted-by-mistake.txt --to -2h --concurrency 4
   plinth tenant restore --deleted-between -3h,-1h --to -3h`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.RestoreRequest{Product: product, Undo: undo, Concurrency: concurrency}
+			req := api.RestoreRequest{Product: product, Undo: undo, Concurrency: concurrency, As: as}
 			now := time.Now()
 			switch {
 			case (len(args) == 1 && file != "") || (deleted != "" && (len(args) == 1 || file != "")):
@@ -69,6 +71,8 @@ it resumes when Plinth starts again.`,
 				return errors.New("name the tenant to restore (or --file with one per line, or --deleted-between)")
 			}
 			switch {
+			case as != "" && (len(args) != 1 || undo):
+				return errors.New("--as restores one named tenant to --to into a new tenant; it takes no --file, --deleted-between or --undo")
 			case undo && to != "":
 				return errors.New("--undo takes no --to")
 			case !undo && to == "":
@@ -119,6 +123,7 @@ it resumes when Plinth starts again.`,
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the moment to restore to: RFC 3339 time, or a duration before now (-15m)")
 	cmd.Flags().StringVar(&product, "product", "", "restore only this product's database")
+	cmd.Flags().StringVar(&as, "as", "", "restore into a new tenant of this slug for inspection, leaving the tenant as it is")
 	cmd.Flags().BoolVar(&undo, "undo", false, "swap back the databases the last restore replaced")
 	cmd.Flags().StringVar(&file, "file", "", "restore the tenants listed in this file (one slug or ID per line)")
 	cmd.Flags().StringVar(&deleted, "deleted-between", "", "restore the tenants deleted (or purged) between two times A,B (RFC 3339 or -3h,-1h)")
@@ -183,6 +188,9 @@ func printRestore(w io.Writer, r catalog.Restore, took time.Duration, noWait boo
 		what = "Undo"
 	} else if r.TargetTime != nil {
 		what = "Restore to " + r.TargetTime.UTC().Format(time.RFC3339)
+	}
+	if r.AsTenant != "" {
+		what += " into new tenant " + r.AsTenant
 	}
 	if noWait {
 		fmt.Fprintf(w, "%s accepted: restore %s (follow it with: plinth restore get %s)\n", what, r.ID, r.ID)

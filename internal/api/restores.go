@@ -22,6 +22,9 @@ type RestoreRequest struct {
 	// To is the moment to restore to: an RFC 3339 time, or a negative
 	// duration before now such as -15m. Required unless Undo.
 	To string `json:"to,omitempty"`
+	// As restores the one tenant into a new tenant of this slug (same
+	// region and tier) for inspection, leaving the tenant as it is.
+	As string `json:"as,omitempty"`
 	// Product restores only that product's database.
 	Product string `json:"product,omitempty"`
 	// Undo swaps back the databases each tenant's last restore replaced.
@@ -84,7 +87,7 @@ func (s *Server) startRestore(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
-	p := catalog.CreateRestoreParams{Tenants: req.Tenants, Product: req.Product, Concurrency: req.Concurrency,
+	p := catalog.CreateRestoreParams{Tenants: req.Tenants, As: req.As, Product: req.Product, Concurrency: req.Concurrency,
 		Actor: ActorAdmin, RequestID: requestID(r)}
 	switch {
 	case req.Undo && req.To != "":

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -44,9 +45,13 @@ const MaxRestoreTenants = 1000
 
 // Restore brings installations' databases back as they were at a moment.
 type Restore struct {
-	ID          uuid.UUID     `json:"id"`
-	Kind        string        `json:"kind"`
-	TargetTime  *time.Time    `json:"target_time,omitempty"`
+	ID         uuid.UUID  `json:"id"`
+	Kind       string     `json:"kind"`
+	TargetTime *time.Time `json:"target_time,omitempty"`
+	// AsTenantID is the new tenant the restore goes into, when it goes into
+	// one (--as) instead of swapping into the tenant it restores.
+	AsTenantID  *uuid.UUID    `json:"as_tenant_id,omitempty"`
+	AsTenant    string        `json:"as_tenant,omitempty"` // slug
 	Concurrency int           `json:"concurrency"`
 	Actor       string        `json:"actor"`
 	State       string        `json:"state"`
@@ -83,6 +88,9 @@ type RestoreItem struct {
 	CopyMS      *int64      `json:"copy_ms,omitempty"`
 	SwapMS      *int64      `json:"swap_ms,omitempty"`
 	SwappedAt   *time.Time  `json:"swapped_at,omitempty"`
+	// AsInstallationID is the new tenant's installation that the restored
+	// database goes to, in a restore into a new tenant.
+	AsInstallationID *uuid.UUID `json:"as_installation_id,omitempty"`
 }
 
 // CreateRestoreParams asks for a restore.
@@ -92,6 +100,9 @@ type CreateRestoreParams struct {
 	// DeletedBetween, instead of Tenants, names the tenants deleted (and
 	// maybe purged since) at or after its first time and before its second.
 	DeletedBetween *[2]time.Time
+	// As, a new slug, restores one tenant into a new tenant of that slug
+	// (same region and tier) instead, leaving the tenant as it is.
+	As string
 	// Product restores only that product's database ("": every product).
 	Product string
 	// Target is the moment to go back to; nil asks for an undo of each
@@ -113,6 +124,8 @@ func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Resto
 		return Restore{}, err
 	}
 	switch {
+	case p.As != "" && (len(p.Tenants) != 1 || p.Target == nil):
+		return Restore{}, Invalid("invalid_as", "a restore into a new tenant takes one tenant and a target time")
 	case len(p.Tenants) == 0:
 		return Restore{}, Invalid("invalid_tenants", "name at least one tenant to restore")
 	case len(p.Tenants) > MaxRestoreTenants:
@@ -143,6 +156,9 @@ func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Resto
 			id, kind, p.Target, p.Concurrency, p.Actor); err != nil {
 			return mapError(fmt.Errorf("record restore: %w", err))
 		}
+		if p.As != "" {
+			return tx.restoreAs(ctx, id, p, &out)
+		}
 		seen := map[uuid.UUID]bool{}
 		for _, ref := range p.Tenants {
 			t, err := tx.GetTenant(ctx, ref)
@@ -166,6 +182,41 @@ func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Resto
 		return err
 	})
 	return out, err
+}
+
+// restoreAs records the items of a restore of one tenant into a new one:
+// the new tenant (provisioning, with a pending installation per product
+// restored) and, per item, the installation its database goes to.
+func (s *Store) restoreAs(ctx context.Context, id uuid.UUID, p CreateRestoreParams, out *Restore) error {
+	src, err := s.GetTenant(ctx, p.Tenants[0])
+	if err != nil {
+		return err
+	}
+	if err := s.addRestoreItems(ctx, id, src, p); err != nil {
+		return err
+	}
+	var products []string
+	if err := s.q.QueryRow(ctx, `SELECT array_agg(product ORDER BY product) FROM restore_items WHERE restore_id = $1`, id).Scan(&products); err != nil {
+		return fmt.Errorf("restore items: %w", err)
+	}
+	t, err := s.CreateTenant(ctx, CreateTenantParams{Slug: p.As, DisplayName: truncate(src.DisplayName+" (restored)", 200),
+		Region: src.Region, Tier: src.Tier, Products: products})
+	if err != nil {
+		return err
+	}
+	if _, err := s.q.Exec(ctx, `UPDATE restores SET as_tenant_id = $2 WHERE id = $1`, id, t.ID); err != nil {
+		return fmt.Errorf("record the new tenant: %w", err)
+	}
+	if _, err := s.q.Exec(ctx, `UPDATE restore_items r SET as_installation_id = i.id FROM installations i
+		WHERE r.restore_id = $1 AND i.tenant_id = $2 AND i.product = r.product`, id, t.ID); err != nil {
+		return fmt.Errorf("record the new tenant's installations: %w", err)
+	}
+	if err := s.Audit(ctx, AuditEntry{Actor: p.Actor, Action: "restore.restore", TargetKind: "restore", TargetID: id.String(),
+		Reason: restoreReason(p.Target) + " as " + p.As + " (from " + src.Slug + ")", RequestID: p.RequestID}); err != nil {
+		return err
+	}
+	*out, err = s.GetRestore(ctx, id)
+	return err
 }
 
 func restoreReason(target *time.Time) string {
@@ -349,14 +400,15 @@ func (s *Store) TenantsDeletedBetween(ctx context.Context, from, until time.Time
 
 const restoreItemColumns = `r.installation_id, r.tenant_id, t.slug, r.product, r.shard, r.current_database_id, c.name,
 	r.source_database_id, r.source_database, r.restored_database_id, coalesce(n.name, ''), r.prior_state, coalesce(r.return_state, ''), r.state,
-	r.error, r.attempts, r.restore_ms, r.replay_ms, r.copy_ms, r.swap_ms, r.swapped_at`
+	r.error, r.attempts, r.restore_ms, r.replay_ms, r.copy_ms, r.swap_ms, r.swapped_at, r.as_installation_id`
 
 // GetRestore returns a restore with its items, in tenant and product order.
 func (s *Store) GetRestore(ctx context.Context, id uuid.UUID) (Restore, error) {
 	var r Restore
-	err := s.q.QueryRow(ctx, `SELECT id, kind, target_time, concurrency, actor, state, error, created_at, updated_at, finished_at
-		FROM restores WHERE id = $1`, id).Scan(&r.ID, &r.Kind, &r.TargetTime, &r.Concurrency, &r.Actor, &r.State, &r.Error,
-		&r.CreatedAt, &r.UpdatedAt, &r.FinishedAt)
+	err := s.q.QueryRow(ctx, `SELECT r.id, r.kind, r.target_time, r.as_tenant_id, coalesce(a.slug, ''), r.concurrency, r.actor,
+			r.state, r.error, r.created_at, r.updated_at, r.finished_at
+		FROM restores r LEFT JOIN tenants a ON a.id = r.as_tenant_id WHERE r.id = $1`, id).Scan(&r.ID, &r.Kind, &r.TargetTime,
+		&r.AsTenantID, &r.AsTenant, &r.Concurrency, &r.Actor, &r.State, &r.Error, &r.CreatedAt, &r.UpdatedAt, &r.FinishedAt)
 	if isNoRows(err) {
 		return Restore{}, NotFound("restore_not_found", "restore %s does not exist", id)
 	}
@@ -375,7 +427,7 @@ func (s *Store) GetRestore(ctx context.Context, id uuid.UUID) (Restore, error) {
 		var it RestoreItem
 		err := row.Scan(&it.InstallationID, &it.TenantID, &it.Tenant, &it.Product, &it.Shard, &it.CurrentDatabaseID,
 			&it.CurrentDatabase, &it.SourceDatabaseID, &it.SourceDatabase, &it.RestoredDatabaseID, &it.RestoredDatabase,
-			&it.PriorState, &it.ReturnState, &it.State, &it.Error, &it.Attempts, &it.RestoreMS, &it.ReplayMS, &it.CopyMS, &it.SwapMS, &it.SwappedAt)
+			&it.PriorState, &it.ReturnState, &it.State, &it.Error, &it.Attempts, &it.RestoreMS, &it.ReplayMS, &it.CopyMS, &it.SwapMS, &it.SwappedAt, &it.AsInstallationID)
 		return it, err
 	})
 	if err != nil {
@@ -470,7 +522,7 @@ func (s *Store) BeginRestoreSwap(ctx context.Context, tenantID uuid.UUID, prior 
 func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.UUID, swapMS int64, actor string) error {
 	return s.InTx(ctx, func(tx *Store) error {
 		rows, err := tx.q.Query(ctx, `SELECT installation_id, current_database_id, restored_database_id, prior_state,
-				coalesce(return_state, prior_state)
+				coalesce(return_state, prior_state), as_installation_id
 			FROM restore_items WHERE restore_id = $1 AND tenant_id = $2 AND state = 'copied' FOR UPDATE`, restoreID, tenantID)
 		if err != nil {
 			return fmt.Errorf("lock restore items: %w", err)
@@ -478,16 +530,20 @@ func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.
 		type item struct {
 			inst, current, restored uuid.UUID
 			prior, back             TenantState
+			as                      *uuid.UUID
 		}
 		items, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (item, error) {
 			var it item
-			return it, row.Scan(&it.inst, &it.current, &it.restored, &it.prior, &it.back)
+			return it, row.Scan(&it.inst, &it.current, &it.restored, &it.prior, &it.back, &it.as)
 		})
 		if err != nil {
 			return fmt.Errorf("lock restore items: %w", err)
 		}
 		if len(items) == 0 {
 			return nil
+		}
+		if items[0].as != nil {
+			return tx.finishRestoreAs(ctx, restoreID, tenantID, swapMS, actor)
 		}
 		for _, it := range items {
 			tag, err := tx.q.Exec(ctx, `UPDATE tenant_databases
@@ -524,13 +580,61 @@ func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.
 	})
 }
 
+// finishRestoreAs gives the copied items of a restore into a new tenant
+// to that tenant's installations and makes it active; the tenant restored
+// from is left as it is.
+func (s *Store) finishRestoreAs(ctx context.Context, restoreID, tenantID uuid.UUID, swapMS int64, actor string) error {
+	var as uuid.UUID
+	if err := s.q.QueryRow(ctx, `SELECT as_tenant_id FROM restores WHERE id = $1`, restoreID).Scan(&as); err != nil {
+		return fmt.Errorf("the new tenant of restore %s: %w", restoreID, err)
+	}
+	rows, err := s.q.Query(ctx, `UPDATE restore_items SET state = 'swapped', swapped_at = now(), swap_ms = $3, updated_at = now()
+		WHERE restore_id = $1 AND tenant_id = $2 AND state = 'copied' RETURNING restored_database_id, as_installation_id`,
+		restoreID, tenantID, swapMS)
+	if err != nil {
+		return fmt.Errorf("mark restore items swapped: %w", err)
+	}
+	pairs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) ([2]uuid.UUID, error) {
+		var p [2]uuid.UUID
+		return p, row.Scan(&p[0], &p[1])
+	})
+	if err != nil {
+		return fmt.Errorf("mark restore items swapped: %w", err)
+	}
+	for _, p := range pairs {
+		if _, err := s.q.Exec(ctx, `UPDATE tenant_databases SET state = 'assigned', installation_id = $2, updated_at = now()
+			WHERE id = $1`, p[0], p[1]); err != nil {
+			return mapError(fmt.Errorf("assign restored database: %w", err))
+		}
+		if err := s.SetInstallationState(ctx, p[1], InstallationReady); err != nil {
+			return err
+		}
+	}
+	_, err = s.Transition(ctx, TransitionParams{TenantID: as, Action: "restore.swap", Actor: actor,
+		From: []TenantState{StateProvisioning}, To: StateActive, Reason: "restore " + restoreID.String()})
+	return err
+}
+
 // AbortRestoreSwap fails the tenant's unfinished items and returns the
-// tenant from restoring to its prior state, if it is restoring.
+// tenant from restoring to its prior state, if it is restoring. The new
+// tenant of a restore into one fails.
 func (s *Store) AbortRestoreSwap(ctx context.Context, restoreID, tenantID uuid.UUID, prior TenantState, msg, actor string) error {
 	return s.InTx(ctx, func(tx *Store) error {
 		if _, err := tx.q.Exec(ctx, `UPDATE restore_items SET state = 'failed', error = $3, updated_at = now()
 			WHERE restore_id = $1 AND tenant_id = $2 AND state IN ('pending', 'copied')`, restoreID, tenantID, truncate(msg, 2000)); err != nil {
 			return fmt.Errorf("fail restore items: %w", err)
+		}
+		var as *uuid.UUID
+		if err := tx.q.QueryRow(ctx, `SELECT as_tenant_id FROM restores WHERE id = $1`, restoreID).Scan(&as); err != nil {
+			return fmt.Errorf("get restore: %w", err)
+		}
+		if as != nil {
+			_, err := tx.Transition(ctx, TransitionParams{TenantID: *as, Action: "restore.abort", Actor: actor,
+				From: []TenantState{StateProvisioning}, To: StateFailed, Reason: truncate(msg, 1000)})
+			if errors.Is(err, ErrIllegalTransition) {
+				err = nil // failed already
+			}
+			return err
 		}
 		t, err := tx.GetTenantByID(ctx, tenantID)
 		if err != nil || t.State != StateRestoring {

@@ -302,7 +302,11 @@ func (w *restoreWorker) copyItem(ctx context.Context, r catalog.Restore, live *t
 	if err := live.CopyFrom(ctx, d.Name, src); err != nil {
 		return 0, err
 	}
-	id, err := live.Adopt(ctx, d.Name, d.ID, it.SourceDatabaseID, it.TenantID, it.InstallationID)
+	asTenant, asInstallation := it.TenantID, it.InstallationID
+	if r.AsTenantID != nil && it.AsInstallationID != nil {
+		asTenant, asInstallation = *r.AsTenantID, *it.AsInstallationID
+	}
+	id, err := live.AdoptAs(ctx, d.Name, d.ID, it.SourceDatabaseID, it.TenantID, it.InstallationID, asTenant, asInstallation)
 	if err != nil {
 		return 0, err
 	}
@@ -332,12 +336,18 @@ func (w *restoreWorker) swap(ctx context.Context, r catalog.Restore, items []cat
 		}
 	}
 	if len(copied) == 0 {
+		if r.AsTenantID != nil && failed != "" { // the new tenant fails too
+			return w.store.AbortRestoreSwap(ctx, r.ID, t.TenantID, t.PriorState, "the restore failed: "+failed, ActorRestorer)
+		}
 		return nil
 	}
 	if failed != "" {
 		return w.abort(ctx, r, copied, "another database of the tenant failed to restore: "+failed)
 	}
 	began := time.Now()
+	if r.AsTenantID != nil {
+		return w.swapAs(ctx, r, copied, began)
+	}
 	err := w.store.BeginRestoreSwap(ctx, t.TenantID, t.PriorState, ActorRestorer)
 	if errors.Is(err, catalog.ErrIllegalTransition) {
 		return w.abort(ctx, r, copied, "the tenant changed state during the restore: "+err.Error())
@@ -367,10 +377,35 @@ func (w *restoreWorker) swap(ctx context.Context, r catalog.Restore, items []cat
 	return err
 }
 
+// swapAs gives the copies to the new tenant of a restore into one; the
+// tenant restored from keeps its databases and its state.
+func (w *restoreWorker) swapAs(ctx context.Context, r catalog.Restore, copied []catalog.RestoreItem, began time.Time) error {
+	for _, it := range copied {
+		sh, err := w.shard(ctx, it.Shard)
+		if err != nil {
+			return err
+		}
+		if err := sh.Unfence(ctx, it.RestoredDatabase); err != nil {
+			return err
+		}
+	}
+	err := w.store.FinishRestoreSwap(ctx, r.ID, copied[0].TenantID, time.Since(began).Milliseconds(), ActorRestorer)
+	if ce, ok := catalog.AsError(err); ok && ce.Kind == catalog.KindConflict {
+		return w.abort(ctx, r, copied, err.Error())
+	}
+	if err == nil {
+		w.log.Info("tenant restored into a new tenant", "tenant", copied[0].Tenant, "as", r.AsTenant, "restore_id", r.ID)
+	}
+	return err
+}
+
 // abort gives up a tenant's swap: its databases take connections again and
 // it returns to its state, with the items failed.
 func (w *restoreWorker) abort(ctx context.Context, r catalog.Restore, items []catalog.RestoreItem, msg string) error {
 	for _, it := range items {
+		if r.AsTenantID != nil {
+			break // the tenant restored from was never fenced
+		}
 		if sh, err := w.shard(ctx, it.Shard); err == nil {
 			if err := sh.Unfence(ctx, it.CurrentDatabase); err != nil {
 				return err

@@ -378,3 +378,73 @@ func TestRestoreDeletedAndPurgedTenants(t *testing.T) {
 		t.Errorf("globex by slug after the restore: %v", err)
 	}
 }
+
+// A restore with As goes into a new tenant: it holds the data as at the
+// target, under its own ID and installation, while the tenant restored
+// from keeps its database, its later rows and its state. A slug already
+// taken is refused with nothing recorded.
+func TestRestoreIntoANewTenant(t *testing.T) {
+	t.Parallel()
+	b, br := backedUp(t)
+	acme := b.active(t, "acme")
+	b.active(t, "globex")
+	acmeDB := acme.Installations[0].Database
+	b.exec(t, acmeDB, `INSERT INTO notes (body) VALUES ('in the backup')`)
+	must(t, br.Backup(b.ctx, "s1", backup.Full))
+	time.Sleep(1500 * time.Millisecond) // backup stop times are whole seconds
+	target := b.now(t)
+	time.Sleep(100 * time.Millisecond)
+	b.exec(t, acmeDB, `INSERT INTO notes (body) VALUES ('after the target')`)
+
+	for _, tt := range []struct {
+		name string
+		p    catalog.CreateRestoreParams
+		code string
+	}{
+		{"a slug taken", catalog.CreateRestoreParams{Tenants: []string{"acme"}, As: "globex", Target: &target}, "slug_taken"},
+		{"an invalid slug", catalog.CreateRestoreParams{Tenants: []string{"acme"}, As: "Not A Slug", Target: &target}, "invalid_slug"},
+		{"two tenants", catalog.CreateRestoreParams{Tenants: []string{"acme", "globex"}, As: "acme-old", Target: &target}, "invalid_as"},
+		{"an undo", catalog.CreateRestoreParams{Tenants: []string{"acme"}, As: "acme-old"}, "invalid_as"},
+	} {
+		tt.p.Actor = "test"
+		_, err := b.svc.StartRestore(b.ctx, b.store, tt.p)
+		wantCode(t, tt.name, err, tt.code)
+	}
+	if _, err := b.store.GetTenant(b.ctx, "acme-old"); !catalog.IsCode(err, "tenant_not_found") {
+		t.Fatalf("a refused restore left a tenant behind: %v", err)
+	}
+
+	r, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme"}, As: "acme-old", Target: &target, Actor: "test"})
+	must(t, err)
+	if r.AsTenant != "acme-old" || r.AsTenantID == nil || len(r.Items) != 1 || r.Items[0].AsInstallationID == nil {
+		t.Fatalf("restore as = %+v", r)
+	}
+	if r = b.waitRestore(t, r.ID); r.State != catalog.RestoreSucceeded {
+		t.Fatalf("restore = %+v", r)
+	}
+	old := b.tenant(t, "acme-old")
+	if old.ID == acme.ID || old.ID != *r.AsTenantID || old.State != catalog.StateActive || old.Region != acme.Region || old.Tier != acme.Tier {
+		t.Fatalf("the new tenant: %+v", old)
+	}
+	in := old.Installations[0]
+	if in.State != catalog.InstallationReady || in.ID != *r.Items[0].AsInstallationID || in.Database != r.Items[0].RestoredDatabase {
+		t.Fatalf("the new tenant's installation: %+v (restore item %+v)", in, r.Items[0])
+	}
+	if got := b.notes(t, in.Database); got != "in the backup" {
+		t.Fatalf("the new tenant holds %q, want the rows before the target", got)
+	}
+	id, _ := b.identity(t, in.Database)
+	if *id != old.ID {
+		t.Fatalf("the new tenant's database carries tenant %s", id)
+	}
+	now := b.tenant(t, "acme")
+	if now.State != catalog.StateActive || now.Installations[0].Database != acmeDB {
+		t.Fatalf("acme changed: %+v", now)
+	}
+	if got := b.notes(t, acmeDB); got != "in the backup,after the target" {
+		t.Fatalf("acme holds %q", got)
+	}
+	// The copy is the new tenant's alone: acme can be restored again, and
+	// the new tenant is a tenant like any other.
+	b.act(t, "acme-old", catalog.ActionDelete, "looked at it")
+}

@@ -248,13 +248,22 @@ func (s *Shard) allowConnections(ctx context.Context, name string, allow bool) e
 // the same tenant and installation (or already be id). It returns the
 // identity.
 func (s *Shard) Adopt(ctx context.Context, name string, id, from, tenant, installation uuid.UUID) (Identity, error) {
+	return s.AdoptAs(ctx, name, id, from, tenant, installation, tenant, installation)
+}
+
+// AdoptAs is Adopt for a copy that goes to another tenant and
+// installation (asTenant, asInstallation), which it then names: a restore
+// into a new tenant. A copy that names them already is taken as adopted.
+func (s *Shard) AdoptAs(ctx context.Context, name string, id, from, tenant, installation, asTenant, asInstallation uuid.UUID) (Identity, error) {
 	conn, err := s.Connect(ctx, name)
 	if err != nil {
 		return Identity{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	tag, err := conn.Exec(ctx, `UPDATE plinth.identity SET database_id = $1
-		WHERE database_id IN ($1, $2) AND tenant_id = $3 AND installation_id = $4`, id, from, tenant, installation)
+	tag, err := conn.Exec(ctx, `UPDATE plinth.identity SET database_id = $1, tenant_id = $5, installation_id = $6,
+			assigned_at = CASE WHEN tenant_id = $5 THEN assigned_at ELSE now() END
+		WHERE (database_id IN ($1, $2) AND tenant_id = $3 AND installation_id = $4)
+		   OR (database_id = $1 AND tenant_id = $5 AND installation_id = $6)`, id, from, tenant, installation, asTenant, asInstallation)
 	if err != nil {
 		return Identity{}, fmt.Errorf("adopt identity of %s: %w", name, err)
 	}
