@@ -17,6 +17,7 @@ import (
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
+	"github.com/plinth-platform/plinth/internal/provision"
 )
 
 // Client calls the control API. POSTs carry a fresh Idempotency-Key and are
@@ -359,4 +360,12 @@ func (c *Client) ListBackups(ctx context.Context) ([]backup.Info, error) {
 func (c *Client) RunBackup(ctx context.Context, req BackupRequest) (backup.Info, error) {
 	var out backup.Info
 	return out, c.Do(ctx, "POST", "/v1/backups", req, &out)
+}
+
+// RebuildCatalog recreates, from the identity rows of the databases on the
+// shards, the tenants, installations and databases the catalog lacks (with
+// dryRun, reports what it would recreate and writes nothing).
+func (c *Client) RebuildCatalog(ctx context.Context, dryRun bool) (provision.RebuildReport, error) {
+	var out provision.RebuildReport
+	return out, c.Do(ctx, "POST", "/v1/catalog/rebuild", RebuildCatalogRequest{FromShards: true, DryRun: dryRun}, &out)
 }

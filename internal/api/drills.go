@@ -129,3 +129,31 @@ func (c *Client) VerifyCatalog(ctx context.Context) (provision.CatalogReport, er
 	var out provision.CatalogReport
 	return out, c.Do(ctx, "POST", "/v1/catalog/verify", nil, &out)
 }
+
+// RebuildCatalogRequest asks to recreate what the catalog lost from the
+// shards' tenant databases. FromShards must be true: the identity rows on
+// the shards are the one source a rebuild has.
+type RebuildCatalogRequest struct {
+	FromShards bool `json:"from_shards"`
+	DryRun     bool `json:"dry_run,omitempty"`
+}
+
+// rebuildCatalog is not under Idempotency-Key: a rebuild is idempotent by
+// itself (a retry recreates nothing), and one transaction per tenant keeps
+// a long rebuild from holding one transaction open.
+func (s *Server) rebuildCatalog(w http.ResponseWriter, r *http.Request) error {
+	var req RebuildCatalogRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	if !req.FromShards {
+		return catalog.Invalid("from_shards_required", "a rebuild reads the identity rows of the databases on the shards: set from_shards to true")
+	}
+	rep, err := s.cfg.Service.RebuildCatalog(r.Context(), s.store(r), provision.RebuildOptions{
+		DryRun: req.DryRun, Actor: ActorAdmin, RequestID: requestID(r),
+	})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, rep)
+}

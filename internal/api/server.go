@@ -168,6 +168,7 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/v1/drills/{id}", handler: s.getDrill},
 		{method: "GET", path: "/v1/drill-report", handler: s.drillReport},
 		{method: "POST", path: "/v1/catalog/verify", handler: s.verifyCatalog},
+		{method: "POST", path: "/v1/catalog/rebuild", handler: s.rebuildCatalog},
 		{method: "GET", path: "/v1/warm-pools", handler: s.listWarmPools},
 		{method: "PUT", path: "/v1/warm-pools/{shard}/{product}", handler: s.setWarmPool},
 		{method: "GET", path: "/v1/tenants", handler: s.listTenants},

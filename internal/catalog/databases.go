@@ -178,14 +178,25 @@ func (s *Store) lockFree(ctx context.Context, shard string) (int, error) {
 
 func (s *Store) insertIntent(ctx context.Context, shard, product string, version int64, installationID *uuid.UUID) (Database, error) {
 	id := uuid.Must(uuid.NewV7())
-	d, err := scanDatabase(s.q.QueryRow(ctx, `
-		INSERT INTO tenant_databases (id, name, shard, product, state, schema_version, installation_id)
-		VALUES ($1, $2, $3, $4, 'creating', $5, $6) RETURNING `+databaseColumns,
-		id, DatabaseName(id), shard, product, version, installationID))
+	d, err := s.insertDatabase(ctx, Database{ID: id, Name: DatabaseName(id), Shard: shard, Product: product,
+		State: DatabaseCreating, SchemaVersion: version, InstallationID: installationID})
 	if err != nil {
-		return Database{}, mapError(fmt.Errorf("record database intent: %w", err))
+		return Database{}, fmt.Errorf("record database intent: %w", err)
 	}
 	return d, nil
+}
+
+// insertDatabase inserts a tenant database record as d describes it; a
+// zero d.CreatedAt means now.
+func (s *Store) insertDatabase(ctx context.Context, d Database) (Database, error) {
+	out, err := scanDatabase(s.q.QueryRow(ctx, `
+		INSERT INTO tenant_databases (id, name, shard, product, state, schema_version, installation_id, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now())) RETURNING `+databaseColumns,
+		d.ID, d.Name, d.Shard, d.Product, d.State, d.SchemaVersion, d.InstallationID, orNow(d.CreatedAt)))
+	if err != nil {
+		return Database{}, mapError(fmt.Errorf("insert database %s: %w", d.Name, err))
+	}
+	return out, nil
 }
 
 // SetDatabaseState moves a database record from one state to another and

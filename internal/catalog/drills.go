@@ -264,7 +264,13 @@ func (s *Store) ListDrills(ctx context.Context, limit int) ([]Drill, error) {
 // MarkStamped records that the installation's database carries its
 // tenant's identity (the first time only).
 func (s *Store) MarkStamped(ctx context.Context, installationID uuid.UUID) error {
-	_, err := s.q.Exec(ctx, `INSERT INTO installation_stamps (installation_id) VALUES ($1) ON CONFLICT DO NOTHING`, installationID)
+	return s.markStampedAt(ctx, installationID, time.Time{})
+}
+
+// markStampedAt is MarkStamped with the moment of the stamp (zero: now).
+func (s *Store) markStampedAt(ctx context.Context, installationID uuid.UUID, at time.Time) error {
+	_, err := s.q.Exec(ctx, `INSERT INTO installation_stamps (installation_id, stamped_at) VALUES ($1, coalesce($2, now()))
+		ON CONFLICT DO NOTHING`, installationID, orNow(at))
 	if err != nil {
 		return fmt.Errorf("mark installation stamped: %w", err)
 	}

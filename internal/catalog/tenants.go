@@ -46,24 +46,52 @@ func (s *Store) CreateTenant(ctx context.Context, p CreateTenantParams) (Tenant,
 	var t Tenant
 	err = s.InTx(ctx, func(tx *Store) error {
 		id := uuid.Must(uuid.NewV7())
-		_, err := tx.q.Exec(ctx, `
-			INSERT INTO tenants (id, slug, display_name, region, tier, state)
-			VALUES ($1, $2, $3, $4, $5, 'provisioning')`,
-			id, p.Slug, p.DisplayName, p.Region, p.Tier)
-		if err != nil {
-			return mapError(fmt.Errorf("insert tenant: %w", err))
+		if err := tx.insertTenant(ctx, id, p, time.Time{}); err != nil {
+			return err
 		}
 		for _, prod := range p.Products {
-			if _, err := tx.q.Exec(ctx,
-				`INSERT INTO installations (id, tenant_id, product) VALUES ($1, $2, $3)`,
-				uuid.Must(uuid.NewV7()), id, prod); err != nil {
-				return mapError(fmt.Errorf("insert installation: %w", err))
+			if err := tx.insertInstallation(ctx, uuid.Must(uuid.NewV7()), id, prod, InstallationPending, time.Time{}); err != nil {
+				return err
 			}
 		}
+		var err error
 		t, err = tx.GetTenantByID(ctx, id)
 		return err
 	})
 	return t, err
+}
+
+// insertTenant inserts a tenant in state provisioning, the only state a
+// tenant can start in. A zero createdAt means now.
+func (s *Store) insertTenant(ctx context.Context, id uuid.UUID, p CreateTenantParams, createdAt time.Time) error {
+	_, err := s.q.Exec(ctx, `
+		INSERT INTO tenants (id, slug, display_name, region, tier, state, created_at)
+		VALUES ($1, $2, $3, $4, $5, 'provisioning', coalesce($6, now()))`,
+		id, p.Slug, p.DisplayName, p.Region, p.Tier, orNow(createdAt))
+	if err != nil {
+		return mapError(fmt.Errorf("insert tenant: %w", err))
+	}
+	return nil
+}
+
+// insertInstallation inserts an installation of a tenant. A zero createdAt
+// means now.
+func (s *Store) insertInstallation(ctx context.Context, id, tenantID uuid.UUID, product string, state InstallationState, createdAt time.Time) error {
+	_, err := s.q.Exec(ctx, `
+		INSERT INTO installations (id, tenant_id, product, state, created_at)
+		VALUES ($1, $2, $3, $4, coalesce($5, now()))`, id, tenantID, product, state, orNow(createdAt))
+	if err != nil {
+		return mapError(fmt.Errorf("insert installation: %w", err))
+	}
+	return nil
+}
+
+// orNow is nil (the column's default, now()) for a zero time.
+func orNow(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 func (s *Store) resolveRegion(ctx context.Context, region string) (string, error) {

@@ -51,6 +51,7 @@ type options struct {
 	shard    *localpg.Cluster // default: the package's shared cluster
 	warmPool int
 	cfg      provision.Config
+	product  string // default: a unique name
 }
 
 // setup makes a control database with region r1, one shard on a real
@@ -65,7 +66,10 @@ func setup(t *testing.T, o options) bundle {
 	if shard == nil {
 		shard = testkit.SharedCluster(t)
 	}
-	product := "p" + strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
+	product := o.product
+	if product == "" {
+		product = "p" + strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
+	}
 	must(t, err1(store.CreateRegion(ctx, catalog.Region{Name: "r1"})))
 	must(t, err1(store.CreateShard(ctx, catalog.Shard{Name: "s1", Region: "r1", DSN: shard.DSN("postgres"), Capacity: 1000})))
 	_, _, err := store.RegisterProduct(ctx, catalog.RegisterProductParams{
