@@ -50,6 +50,9 @@ it resumes when Plinth starts again.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := api.RestoreRequest{Product: product, Undo: undo, Concurrency: concurrency, As: as}
 			now := time.Now()
+			if as != "" && (len(args) != 1 || undo || file != "" || deleted != "") {
+				return errors.New("--as restores one named tenant to --to into a new tenant; it takes no --file, --deleted-between or --undo")
+			}
 			switch {
 			case (len(args) == 1 && file != "") || (deleted != "" && (len(args) == 1 || file != "")):
 				return errors.New("name one tenant, or give --file or --deleted-between, not more than one")
@@ -71,8 +74,6 @@ it resumes when Plinth starts again.`,
 				return errors.New("name the tenant to restore (or --file with one per line, or --deleted-between)")
 			}
 			switch {
-			case as != "" && (len(args) != 1 || undo):
-				return errors.New("--as restores one named tenant to --to into a new tenant; it takes no --file, --deleted-between or --undo")
 			case undo && to != "":
 				return errors.New("--undo takes no --to")
 			case !undo && to == "":

@@ -155,4 +155,22 @@ func TestDevRestoreWalkthrough(t *testing.T) {
 	if err != nil || !strings.Contains(got, "OVERDUE") || strings.Contains(got, "No successful drill") {
 		t.Fatalf("plinth drill report: %v\n%s", err, got)
 	}
+
+	// The moment before the DROP again, into a new tenant this time: it
+	// serves the project at its own host, and acme is left as it is.
+	got, err = run("tenant", "restore", "acme", "--to", target, "--as", "acme-old")
+	if err != nil || !strings.Contains(got, "into new tenant acme-old") || !strings.Contains(got, "swapped") {
+		t.Fatalf("tenant restore --as: %v\n%s", err, got)
+	}
+	testkit.Eventually(t, 30*time.Second, "acme-old to serve the project through the edge", func() (bool, error) {
+		code, body := edgeDo(t, ctx, st.EdgeURL, "acme-old.plinth.localhost", "GET", "/api/projects", "", nil)
+		return code == 200 && strings.Contains(body, `"key":"WEB"`), fmt.Errorf("%d %s", code, body)
+	})
+	got, err = run("tenant", "get", "acme", "-o", "json")
+	if err != nil || !strings.Contains(got, r.Items[0].RestoredDatabase) {
+		t.Fatalf("acme after the restore into acme-old (want it still on %s): %v\n%s", r.Items[0].RestoredDatabase, err, got)
+	}
+	if got, err := run("catalog", "verify"); err != nil || !strings.Contains(got, "0 finding(s)") {
+		t.Fatalf("plinth catalog verify after --as: %v\n%s", err, got)
+	}
 }

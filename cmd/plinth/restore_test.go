@@ -1,9 +1,11 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -37,5 +39,32 @@ func TestReadTenantFile(t *testing.T) {
 	}
 	if _, err := readTenantFile(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing file was accepted")
+	}
+}
+
+// Flags that cannot go together are refused before anything is asked of
+// the server (the URL here answers nothing).
+func TestTenantRestoreRefusesBadFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"acme", "--to", "-1h", "--deleted-between", "-3h,-1h"}, "not more than one"},
+		{[]string{"--deleted-between", "-1h", "--to", "-3h"}, "two times A,B"},
+		{[]string{"--deleted-between", "-1h,-3h", "--to", "-3h"}, "end after it begins"},
+		{[]string{"--deleted-between", "-3h,soon", "--to", "-3h"}, "deletion window's end"},
+		{[]string{"--as", "acme-old", "--to", "-1h", "--file", "ids.txt"}, "--as restores one named tenant"},
+		{[]string{"acme", "--as", "acme-old", "--undo"}, "--as restores one named tenant"},
+		{[]string{"acme"}, "--to is required"},
+		{[]string{}, "name the tenant to restore"},
+	} {
+		root := newRoot()
+		root.SetArgs(append([]string{"--url", "http://127.0.0.1:1", "--token", "x", "tenant", "restore"}, tt.args...))
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("plinth tenant restore %s: %v, want an error with %q", strings.Join(tt.args, " "), err, tt.want)
+		}
 	}
 }
