@@ -73,7 +73,8 @@ func shardAddCmd(g *globals) *cobra.Command {
 		Use:   "add",
 		Short: "Register a Postgres server (14+, a role with CREATEDB) as a shard",
 		Example: `  plinth shard add --region local-1 --dsn-file ./shard-1.dsn --capacity 2000
-  plinth shard add --region local-1 --dsn postgres://plinth:secret@10.0.0.5:5432/postgres`,
+  plinth shard add --region local-1 --dsn postgres://plinth:secret@10.0.0.5:5432/postgres
+  plinth shard add --region eu-1 --dsn-file ./rds.dsn --backups provider   # a managed database`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (req.DSN == "") == (dsnFile == "") {
@@ -114,6 +115,8 @@ func shardAddCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&req.DSN, "dsn", "", "connection string of the server's maintenance database")
 	cmd.Flags().StringVar(&dsnFile, "dsn-file", "", "file holding the connection string (keeps its password out of the process list)")
 	cmd.Flags().IntVar(&req.Capacity, "capacity", api.ShardCapacityDefault, "how many tenant databases it may hold")
+	cmd.Flags().StringVar(&req.Backups, "backups", catalog.BackupsByPlinth,
+		"who backs it up: plinth (pgBackRest on its host; restores and drills) or provider (a managed database)")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
 }
@@ -126,6 +129,9 @@ func printShards(w io.Writer, shards []api.Shard) {
 			health += " (" + s.HealthError + ")"
 		}
 		last, archived := backupSummary(s.Backup)
+		if s.Backups == catalog.BackupsByProvider {
+			last, archived = "by its provider", "-"
+		}
 		row(w, s.Name, s.Region, health, s.Draining, s.Databases, s.Capacity, last, archived, s.DSN)
 	}
 }

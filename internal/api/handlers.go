@@ -116,6 +116,9 @@ func (s *Server) createShard(w http.ResponseWriter, r *http.Request) error {
 	if req.Capacity < 0 || req.Capacity > 1_000_000 {
 		return catalog.Invalid("invalid_capacity", "capacity must be between 1 and 1000000 databases")
 	}
+	if req.Backups != "" && req.Backups != catalog.BackupsByPlinth && req.Backups != catalog.BackupsByProvider {
+		return catalog.Invalid("invalid_backups", "backups must be %q or %q", catalog.BackupsByPlinth, catalog.BackupsByProvider)
+	}
 	if _, err := fleet.ParseDSN(req.DSN); err != nil {
 		return err
 	}
@@ -127,7 +130,8 @@ func (s *Server) createShard(w http.ResponseWriter, r *http.Request) error {
 	var sh catalog.Shard
 	err := s.store(r).InTx(r.Context(), func(tx *catalog.Store) error {
 		var err error
-		sh, err = tx.CreateShard(r.Context(), catalog.Shard{Name: req.Name, Region: req.Region, DSN: req.DSN, Capacity: req.Capacity})
+		sh, err = tx.CreateShard(r.Context(), catalog.Shard{Name: req.Name, Region: req.Region, DSN: req.DSN, Capacity: req.Capacity,
+			Backups: req.Backups})
 		if err != nil {
 			return err
 		}

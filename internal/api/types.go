@@ -20,6 +20,9 @@ type CreateShardRequest struct {
 	Region   string `json:"region"`
 	DSN      string `json:"dsn"`
 	Capacity int    `json:"capacity,omitempty"`
+	// Backups is who backs the shard up: "plinth" (the default: pgBackRest,
+	// with restores and drills) or "provider" (a managed database).
+	Backups string `json:"backups,omitempty"`
 }
 
 // Shard is a shard as the API shows it: its DSN without the password.

@@ -95,6 +95,12 @@ func (s *Store) LastDrillCreated(ctx context.Context) (time.Time, error) {
 	return *at, nil
 }
 
+// backedUpByPlinth holds for a tenant t with a database on a shard Plinth
+// backs up: only those are drilled (a managed shard's provider restores its
+// own).
+const backedUpByPlinth = `EXISTS (SELECT 1 FROM installations i JOIN tenant_databases d ON d.installation_id = i.id
+	AND d.state = 'assigned' JOIN shards sh ON sh.name = d.shard AND sh.backups = 'plinth' WHERE i.tenant_id = t.id)`
+
 // DrillSample picks the databases of up to sample tenants (nil: all) that
 // were theirs at target and can be restored, those drilled least recently
 // first, never drilled before all.
@@ -103,13 +109,14 @@ func (s *Store) DrillSample(ctx context.Context, sample *int, target time.Time) 
 		WITH picked AS (
 			SELECT t.id, t.tier FROM tenants t
 			LEFT JOIN LATERAL (SELECT max(checked_at) AS at FROM drill_results r WHERE r.tenant_id = t.id AND r.ok) last ON true
-			WHERE t.state IN ('active', 'suspended', 'deactivated') AND t.created_at < $2
+			WHERE t.state IN ('active', 'suspended', 'deactivated') AND t.created_at < $2 AND `+backedUpByPlinth+`
 			ORDER BY last.at NULLS FIRST, random()
 			LIMIT $1)
 		SELECT p.id, p.tier, d.product, d.shard, d.name
 		FROM picked p JOIN installations i ON i.tenant_id = p.id
 		JOIN tenant_databases d ON d.installation_id = i.id AND d.state = 'assigned'
 		JOIN installation_stamps st ON st.installation_id = i.id
+		JOIN shards sh ON sh.name = d.shard AND sh.backups = 'plinth'
 		-- Stamped with the tenant before the target: a warm database
 		-- created earlier may have been claimed for it only after.
 		WHERE d.created_at < $2 AND i.state = 'ready' AND st.stamped_at < $2
@@ -212,7 +219,7 @@ func (s *Store) DrillReport(ctx context.Context, window time.Duration, limit int
 		SELECT t.id, t.slug, t.tier, t.created_at, last.at
 		FROM tenants t
 		LEFT JOIN LATERAL (SELECT max(checked_at) AS at FROM drill_results r WHERE r.tenant_id = t.id AND r.ok) last ON true
-		WHERE t.state IN ('active', 'suspended', 'deactivated')`
+		WHERE t.state IN ('active', 'suspended', 'deactivated') AND ` + backedUpByPlinth
 	since := time.Now().Add(-window)
 	rows, err := s.q.Query(ctx, `WITH l AS (`+lastSuccess+`)
 		SELECT tier, count(*), count(*) FILTER (WHERE created_at < $1 AND (at IS NULL OR at < $1)),

@@ -1,8 +1,11 @@
 package catalog_test
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
 )
@@ -37,5 +40,38 @@ func TestDrillResultsPerShard(t *testing.T) {
 	}
 	if ds, err := b.store.ListDrills(b.ctx, 10); err != nil || len(ds) != 1 {
 		t.Fatalf("drills %+v %v, want the one", ds, err)
+	}
+}
+
+// A shard its provider backs up is registered as such; Plinth neither
+// samples its tenants for drills nor reports them overdue. A bad value
+// is refused.
+func TestDrillsLeaveProviderShardsOut(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.store.CreateShard(b.ctx, catalog.Shard{Name: "bad", Region: "r1", DSN: "postgres://x@127.0.0.1:1/postgres", Capacity: 10, Backups: "nobody"})
+	wantCode(t, err, "invalid_backups")
+	rds, err := b.store.CreateShard(b.ctx, catalog.Shard{Name: "rds", Region: "r1", DSN: "postgres://x@127.0.0.1:1/postgres", Capacity: 10, Backups: catalog.BackupsByProvider})
+	must(t, err)
+	if s1, err := b.store.GetShard(b.ctx, "s1"); err != nil || s1.Backups != catalog.BackupsByPlinth || rds.Backups != catalog.BackupsByProvider {
+		t.Fatalf("s1 backed up by %q (%v), rds by %q", s1.Backups, err, rds.Backups)
+	}
+	past := time.Now().Add(-time.Hour)
+	for _, shard := range []string{"s1", "rds"} {
+		id, db := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
+		_, err := b.store.RecoverTenant(b.ctx, catalog.RecoverTenantParams{ID: id, Slug: "on-" + shard, Region: "r1", CreatedAt: past, Actor: "test",
+			Databases: []catalog.RecoveredDatabase{{ID: db, Name: "t_" + strings.ReplaceAll(db.String(), "-", ""), Shard: shard, Product: "notes",
+				CreatedAt: past, InstallationID: uuid.Must(uuid.NewV7()), InstallationCreatedAt: past, AssignedAt: &past}}})
+		must(t, err)
+	}
+	got, err := b.store.DrillSample(b.ctx, nil, time.Now())
+	must(t, err)
+	if len(got) != 1 || got[0].Shard != "s1" {
+		t.Fatalf("drill sample %+v, want on-s1's database only", got)
+	}
+	_, overdue, err := b.store.DrillReport(b.ctx, time.Minute, 10)
+	must(t, err)
+	if len(overdue) != 1 || overdue[0].Tenant != "on-s1" {
+		t.Fatalf("overdue %+v, want on-s1 only", overdue)
 	}
 }

@@ -61,13 +61,13 @@ func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
 }
 
 const shardColumns = `s.name, s.region, s.dsn, s.capacity, s.draining, s.health, s.health_error,
-	s.health_changed_at, s.created_at,
+	s.health_changed_at, s.created_at, s.backups,
 	(SELECT count(*) FROM tenant_databases d WHERE d.shard = s.name AND d.state <> 'dropped')`
 
 func scanShard(row pgx.Row) (Shard, error) {
 	var sh Shard
 	err := row.Scan(&sh.Name, &sh.Region, &sh.DSN, &sh.Capacity, &sh.Draining, &sh.Health, &sh.HealthError,
-		&sh.HealthChangedAt, &sh.CreatedAt, &sh.Databases)
+		&sh.HealthChangedAt, &sh.CreatedAt, &sh.Backups, &sh.Databases)
 	return sh, err
 }
 
@@ -80,14 +80,21 @@ func (s *Store) CreateShard(ctx context.Context, sh Shard) (Shard, error) {
 	if sh.Capacity <= 0 {
 		return Shard{}, Invalid("invalid_capacity", "capacity must be a positive number of databases")
 	}
+	switch sh.Backups {
+	case "":
+		sh.Backups = BackupsByPlinth
+	case BackupsByPlinth, BackupsByProvider:
+	default:
+		return Shard{}, Invalid("invalid_backups", "backups must be %q or %q, not %q", BackupsByPlinth, BackupsByProvider, truncate(sh.Backups, 40))
+	}
 	if ok, err := s.regionExists(ctx, sh.Region); err != nil {
 		return Shard{}, err
 	} else if !ok {
 		return Shard{}, NotFound("region_not_found", "region %q does not exist", sh.Region)
 	}
 	_, err := s.q.Exec(ctx,
-		`INSERT INTO shards (name, region, dsn, capacity) VALUES ($1, $2, $3, $4)`,
-		sh.Name, sh.Region, sh.DSN, sh.Capacity)
+		`INSERT INTO shards (name, region, dsn, capacity, backups) VALUES ($1, $2, $3, $4, $5)`,
+		sh.Name, sh.Region, sh.DSN, sh.Capacity, sh.Backups)
 	if err != nil {
 		return Shard{}, mapError(fmt.Errorf("create shard: %w", err))
 	}

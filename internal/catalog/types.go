@@ -34,10 +34,19 @@ type Shard struct {
 	HealthError     string      `json:"health_error"`
 	HealthChangedAt time.Time   `json:"health_changed_at"`
 	CreatedAt       time.Time   `json:"created_at"`
+	// Backups says who backs the shard up: BackupsByPlinth or, for a
+	// managed database, BackupsByProvider.
+	Backups string `json:"backups"`
 	// Databases counts the live tenant databases on the shard (assigned,
 	// warm and in flight); filled by ListShards and GetShard.
 	Databases int `json:"databases"`
 }
+
+// Who backs a shard up.
+const (
+	BackupsByPlinth   = "plinth"
+	BackupsByProvider = "provider"
+)
 
 // Product is an application whose tenants each get one database.
 type Product struct {

@@ -107,6 +107,10 @@ func (s *Service) checkTarget(ctx context.Context, st *catalog.Store, p catalog.
 				continue
 			}
 			checked[in.Shard] = true
+			if sh, err := st.GetShard(ctx, in.Shard); err == nil && sh.Backups == catalog.BackupsByProvider {
+				return catalog.Invalid("shard_backed_up_by_provider",
+					"tenant %s's %s database is on shard %s, which relies on its provider's backups: restore it with the provider's tools", t.Slug, in.Product, in.Shard)
+			}
 			if err := s.cfg.Restorer.CheckTarget(ctx, in.Shard, *p.Target); errors.Is(err, backup.ErrNoBackupBefore) {
 				return catalog.Invalid("no_backup_before_target", "%v", err)
 			} else if err != nil {

@@ -410,6 +410,13 @@ func TestRestoreIntoANewTenant(t *testing.T) {
 		_, err := b.svc.StartRestore(b.ctx, b.store, tt.p)
 		wantCode(t, tt.name, err, tt.code)
 	}
+	// A shard its provider backs up is not restored from Plinth's backups.
+	_, err := b.store.Pool().Exec(b.ctx, `UPDATE shards SET backups = 'provider'`)
+	must(t, err)
+	_, err = b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{"acme"}, As: "acme-old", Target: &target, Actor: "test"})
+	wantCode(t, "a shard backed up by its provider", err, "shard_backed_up_by_provider")
+	_, err = b.store.Pool().Exec(b.ctx, `UPDATE shards SET backups = 'plinth'`)
+	must(t, err)
 	if _, err := b.store.GetTenant(b.ctx, "acme-old"); !catalog.IsCode(err, "tenant_not_found") {
 		t.Fatalf("a refused restore left a tenant behind: %v", err)
 	}
