@@ -371,6 +371,20 @@ func (s *Store) ResolveRestoreTenants(ctx context.Context, p *CreateRestoreParam
 	return nil
 }
 
+// ExpireReplaced marks for dropping up to limit databases that a restore
+// replaced more than retention ago (an undo can no longer bring them
+// back), and says how many.
+func (s *Store) ExpireReplaced(ctx context.Context, retention time.Duration, limit int) (int64, error) {
+	tag, err := s.q.Exec(ctx, `UPDATE tenant_databases SET state = 'dropping', updated_at = now()
+		WHERE id IN (SELECT id FROM tenant_databases WHERE state = 'replaced'
+			AND updated_at < now() - $1::bigint * interval '1 microsecond' ORDER BY updated_at LIMIT $2)`,
+		retention.Microseconds(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("expire replaced databases: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // PurgedDatabase returns the database a purged installation had when it
 // was purged (dropped now): the one its last restore swapped in, or else
 // its first.

@@ -129,7 +129,7 @@ type sweepWorker struct {
 func (w *sweepWorker) Timeout(*river.Job[SweepArgs]) time.Duration { return 10 * time.Minute }
 
 // Work drops databases marked for dropping (abandoned intents, retired warm
-// databases), fails operations whose job ended without finishing them,
+// databases, replaced ones past their retention), fails operations whose job ended without finishing them,
 // queues purges of tenants whose retention ended, removes service
 // instances that stopped heartbeating, prunes the change log and hands on
 // restores whose worker died.
@@ -138,8 +138,19 @@ func (w *sweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
 	if err != nil {
 		return err
 	}
-	return errors.Join(w.dropMarked(ctx), w.failOrphanedOperations(ctx, client), w.purgeExpired(ctx, client),
+	return errors.Join(w.expireReplaced(ctx), w.dropMarked(ctx), w.failOrphanedOperations(ctx, client), w.purgeExpired(ctx, client),
 		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx), w.pruneChanges(ctx), w.resumeOrphanedRestores(ctx))
+}
+
+// expireReplaced marks for dropping the databases restores replaced longer
+// than ReplacedRetention ago: their undo window is over.
+func (w *sweepWorker) expireReplaced(ctx context.Context) error {
+	n, err := w.store.ExpireReplaced(ctx, w.cfg.ReplacedRetention, 500)
+	if n > 0 {
+		w.log.Info("replaced databases past their retention will be dropped", "databases", n,
+			"retention", w.cfg.ReplacedRetention.String())
+	}
+	return err
 }
 
 func (w *sweepWorker) pruneChanges(ctx context.Context) error {

@@ -83,6 +83,10 @@ type Config struct {
 	Retention time.Duration
 	// ChangeRetention is how long the change log keeps a change.
 	ChangeRetention time.Duration
+	// ReplacedRetention is how long a database a restore replaced is kept
+	// (the undo window) before the sweeper drops it; by default the
+	// backups' retention, past which no restore could reach before it.
+	ReplacedRetention time.Duration
 	// FetchCooldown is the least time between River fetches; small, so a
 	// new job starts within milliseconds of its insert.
 	FetchCooldown time.Duration
@@ -124,6 +128,7 @@ func (c Config) withDefaults() Config {
 	c.AbandonAfter = cmp.Or(c.AbandonAfter, AbandonAfterDefault)
 	c.Retention = cmp.Or(c.Retention, RetentionDefault)
 	c.ChangeRetention = cmp.Or(c.ChangeRetention, ChangeRetentionDefault)
+	c.ReplacedRetention = cmp.Or(c.ReplacedRetention, time.Duration(backup.RetentionDaysDefault)*24*time.Hour)
 	c.FetchCooldown = cmp.Or(c.FetchCooldown, FetchCooldownDefault)
 	c.ScratchDir = cmp.Or(c.ScratchDir, filepath.Join(os.TempDir(), "plinth-restore"))
 	if c.BackupSchedule == (backup.Schedule{}) {
