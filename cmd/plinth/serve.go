@@ -257,6 +257,15 @@ flight get 30 seconds.`,
 			if strings.Contains(roles, "sidecar") || strings.Contains(roles, "edge") {
 				return errors.New("the sidecar and the edge each run alone: --role sidecar or --role edge")
 			}
+			for _, d := range []struct {
+				flag string
+				v    time.Duration
+			}{{"--retention", pc.Retention}, {"--replaced-retention", pc.ReplacedRetention}, {"--job-timeout", pc.JobTimeout},
+				{"--sweep-interval", pc.SweepInterval}, {"--abandon-after", pc.AbandonAfter}} {
+				if d.v < 0 {
+					return fmt.Errorf("%s must not be negative, not %s", d.flag, d.v)
+				}
+			}
 			rs, err := server.ParseRoles(roles)
 			if err != nil {
 				return err
@@ -309,6 +318,7 @@ flight get 30 seconds.`,
 	sc.flags(cmd)
 	ef.flags(cmd)
 	f.DurationVar(&pc.Retention, "retention", provision.RetentionDefault, "how long deleted tenants are kept before purging")
+	f.DurationVar(&pc.ReplacedRetention, "replaced-retention", 0, "how long a database a restore replaced is kept for --undo (default: the backups' 30 days)")
 	return cmd
 }
 
