@@ -155,13 +155,18 @@ type drillWorker struct {
 	*workers
 }
 
-// Timeout bounds one attempt; River rescues a drill whose worker died
-// after it.
+// Timeout bounds one attempt. A drill whose worker died is handed on by
+// the sweeper within a minute (its lock is free), not after this.
 func (w *drillWorker) Timeout(*river.Job[DrillArgs]) time.Duration { return 30 * time.Minute }
 
 // Work restores the drill's sample, one scratch server per shard with its
 // heartbeat database, checks every copy and records the results.
 func (w *drillWorker) Work(ctx context.Context, job *river.Job[DrillArgs]) error {
+	unlock, err := w.lockRun(ctx, orphanDrills, job.Args.DrillID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	d, err := w.store.GetDrill(ctx, job.Args.DrillID)
 	if err != nil || d.State != catalog.DrillRunning {
 		return err

@@ -153,3 +153,41 @@ func checkResults(t *testing.T, d catalog.Drill, rpo time.Duration) {
 		t.Errorf("drill %s: no heartbeat within %s: %+v", d.ID, rpo, d.Results)
 	}
 }
+
+// A drill whose worker died mid-way (its job left running, its lock free)
+// is handed on by the sweeper and finishes, long before River's rescue
+// after the drill's 30-minute timeout would run it again.
+func TestOrphanedDrillIsHandedOn(t *testing.T) {
+	t.Parallel()
+	b, br := backedUpWith(t, provision.Config{SweepInterval: 300 * time.Millisecond, DrillDueInterval: time.Hour,
+		HeartbeatInterval: 300 * time.Millisecond}, false)
+	beatCtx, stopBeats := context.WithCancel(b.ctx)
+	beating := make(chan struct{})
+	go func() { defer close(beating); provision.Heartbeats(beatCtx, b.cfg) }()
+	t.Cleanup(func() { stopBeats(); <-beating })
+	acme := b.active(t, "acme")
+	testkit.Eventually(t, time.Minute, "the shard's heartbeat database", func() (bool, error) {
+		conn, err := pgx.Connect(b.ctx, b.shard.DSN(tenantdb.HeartbeatDatabase))
+		if err == nil {
+			conn.Close(b.ctx)
+		}
+		return err == nil, err
+	})
+	must(t, br.Backup(b.ctx, "s1", backup.Full))
+	time.Sleep(1500 * time.Millisecond) // backup stop times are whole seconds
+
+	must(t, b.stopWorker())
+	d, err := b.svc.StartDrill(b.ctx, b.store, ptr(1), "test")
+	must(t, err)
+	// As if a worker had taken the job a minute ago and died.
+	tag, err := b.store.Pool().Exec(b.ctx, `UPDATE river_job SET state = 'running', attempt = 1,
+		attempted_at = now() - interval '1 minute', attempted_by = ARRAY['dead-worker'] WHERE kind = $1 AND args ->> 'drill_id' = $2`, provision.DrillArgs{}.Kind(), d.ID.String())
+	must(t, err)
+	if tag.RowsAffected() != 1 {
+		t.Fatalf("%d drill jobs, want 1", tag.RowsAffected())
+	}
+	b.startWorker(t)
+	if d = b.waitDrill(t, d.ID); d.State != catalog.DrillSucceeded || !drilled(d, acme) {
+		t.Fatalf("the handed-on drill: %+v", d)
+	}
+}

@@ -139,7 +139,7 @@ func (w *sweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
 		return err
 	}
 	return errors.Join(w.expireReplaced(ctx), w.dropMarked(ctx), w.failOrphanedOperations(ctx, client), w.purgeExpired(ctx, client),
-		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx), w.pruneChanges(ctx), w.resumeOrphanedRestores(ctx))
+		w.forgetIdempotencyKeys(ctx), w.sweepInstances(ctx), w.pruneChanges(ctx), w.resumeOrphans(ctx))
 }
 
 // expireReplaced marks for dropping the databases restores replaced longer

@@ -177,19 +177,27 @@ func (w *restoreWorker) Work(ctx context.Context, job *river.Job[RestoreArgs]) e
 // lockRestore holds a session lock on the restore for as long as this
 // worker carries it out, so that a rescued duplicate waits.
 func (w *workers) lockRestore(ctx context.Context, id uuid.UUID) (func(), error) {
+	return w.lockRun(ctx, orphanRestores, id)
+}
+
+// lockRun holds a session lock on a long run (a restore or a drill) of
+// kind k for as long as this worker carries it out: a rescued duplicate
+// waits, and the sweeper knows a running job whose lock is free has no
+// worker.
+func (w *workers) lockRun(ctx context.Context, k orphanKind, id uuid.UUID) (func(), error) {
 	conn, err := w.store.Pool().Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var ok bool
-	key := "plinth.restore:" + id.String()
+	key := "plinth." + k.what + ":" + id.String()
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&ok); err != nil {
 		conn.Release()
-		return nil, fmt.Errorf("lock restore: %w", err)
+		return nil, fmt.Errorf("lock %s: %w", k.what, err)
 	}
 	if !ok {
 		conn.Release()
-		return nil, fmt.Errorf("restore %s is being carried out by another worker", id)
+		return nil, fmt.Errorf("%s %s is being carried out by another worker", k.what, id)
 	}
 	return func() {
 		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
@@ -442,33 +450,47 @@ func (w *restoreWorker) giveUp(ctx context.Context, id uuid.UUID, cause error) e
 	return err
 }
 
-// resumeOrphanedRestores hands on the job of a restore whose worker died:
-// River rescues a job only after its timeout, hours for a restore, but a
-// worker that carries a restore out holds the restore's lock on a live
+// orphanKind is a kind of long run whose worker may die: its catalog
+// table (with id and state columns), the job kind and the job argument
+// naming the run.
+type orphanKind struct{ what, table, job, arg string }
+
+var (
+	orphanRestores = orphanKind{"restore", "restores", RestoreArgs{}.Kind(), "restore_id"}
+	orphanDrills   = orphanKind{"drill", "drills", DrillArgs{}.Kind(), "drill_id"}
+)
+
+// resumeOrphans hands on the jobs of restores and drills whose
+// worker died: River rescues a job only after its timeout, hours for a
+// restore, but a worker that carries one out holds its lock on a live
 // connection, so a running job whose lock is free has no worker. It is made
 // retryable at once (as River's own rescuer would).
-func (w *workers) resumeOrphanedRestores(ctx context.Context) error {
+func (w *workers) resumeOrphans(ctx context.Context) error {
+	return errors.Join(w.resumeOrphaned(ctx, orphanRestores), w.resumeOrphaned(ctx, orphanDrills))
+}
+
+func (w *workers) resumeOrphaned(ctx context.Context, k orphanKind) error {
 	rows, err := w.store.Pool().Query(ctx, `
-		SELECT r.id, j.id FROM restores r
-		JOIN river_job j ON j.kind = $1 AND j.args ->> 'restore_id' = r.id::text
+		SELECT r.id, j.id FROM `+k.table+` r
+		JOIN river_job j ON j.kind = $1 AND j.args ->> $2 = r.id::text
 		WHERE r.state = 'running' AND j.state = 'running' AND j.attempted_at < now() - interval '30 seconds'`,
-		RestoreArgs{}.Kind())
+		k.job, k.arg)
 	if err != nil {
-		return fmt.Errorf("find orphaned restores: %w", err)
+		return fmt.Errorf("find orphaned %ss: %w", k.what, err)
 	}
 	type orphan struct {
-		restore uuid.UUID
-		job     int64
+		run uuid.UUID
+		job int64
 	}
 	orphans, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (orphan, error) {
 		var o orphan
-		return o, row.Scan(&o.restore, &o.job)
+		return o, row.Scan(&o.run, &o.job)
 	})
 	if err != nil {
-		return fmt.Errorf("find orphaned restores: %w", err)
+		return fmt.Errorf("find orphaned %ss: %w", k.what, err)
 	}
 	for _, o := range orphans {
-		unlock, err := w.lockRestore(ctx, o.restore)
+		unlock, err := w.lockRun(ctx, k, o.run)
 		if err != nil {
 			continue // a worker is on it
 		}
@@ -476,9 +498,9 @@ func (w *workers) resumeOrphanedRestores(ctx context.Context) error {
 			WHERE id = $1 AND state = 'running'`, o.job)
 		unlock()
 		if err != nil {
-			return fmt.Errorf("hand on orphaned restore %s: %w", o.restore, err)
+			return fmt.Errorf("hand on orphaned %s %s: %w", k.what, o.run, err)
 		}
-		w.log.Warn("resuming a restore whose worker died", "restore_id", o.restore, "job_id", o.job)
+		w.log.Warn("resuming a "+k.what+" whose worker died", k.arg, o.run, "job_id", o.job)
 	}
 	return nil
 }
