@@ -27,7 +27,9 @@ func backupRunCmd(g *globals) *cobra.Command {
 		Short: "Back up shards now (every backed-up shard unless --shard)",
 		Long: `Takes a backup of each shard with pgBackRest and waits until it is in the
 repository: full (the default), diff (changes since the last full backup) or
-incr (changes since the last backup of any kind). WAL is archived
+incr (changes since the last backup of any kind). Each backup is a durable
+job on a worker (POST /v1/backups): if you stop waiting, or Plinth restarts,
+it goes on. WAL is archived
 continuously besides, so a restore can reach any moment after the oldest
 kept backup. "control" names the control database.`,
 		Example: `  plinth backup run

@@ -2,9 +2,10 @@ package api
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/plinth-platform/plinth/internal/backup"
@@ -17,7 +18,6 @@ import (
 type Backups interface {
 	Stanzas() []string
 	List(ctx context.Context) ([]backup.Info, error)
-	Backup(ctx context.Context, stanza string, typ backup.Type) error
 	Verify(ctx context.Context, stanza string) error
 }
 
@@ -86,22 +86,24 @@ func (s *Server) runBackup(w http.ResponseWriter, r *http.Request) error {
 	if !slices.Contains(b.Stanzas(), req.Shard) {
 		return catalog.NotFound("shard_not_backed_up", "no shard %q is backed up here (backed up: %v)", truncate(req.Shard, 63), b.Stanzas())
 	}
-	if err := b.Backup(r.Context(), req.Shard, typ); err != nil {
-		if errors.Is(err, backup.ErrBusy) {
-			return catalog.Conflict("backup_running", "a backup of shard %s is running; try again when it ends", req.Shard)
-		}
-		return err
-	}
-	infos, err := b.List(r.Context())
+	run, err := s.cfg.Service.StartBackup(r.Context(), req.Shard, typ)
 	if err != nil {
 		return err
 	}
-	for _, in := range infos {
-		if in.Name == req.Shard {
-			return writeJSON(w, http.StatusCreated, in)
-		}
+	w.Header().Set("Location", fmt.Sprintf("/v1/backups/runs/%d", run.ID))
+	return writeJSON(w, http.StatusAccepted, run)
+}
+
+func (s *Server) getBackupRun(w http.ResponseWriter, r *http.Request) error {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return catalog.NotFound("backup_run_not_found", "backup run %q does not exist", truncate(r.PathValue("id"), 40))
 	}
-	return errors.New("the backed-up shard is missing from the repository's list")
+	run, err := s.cfg.Service.GetBackupRun(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, run)
 }
 
 // verifyBackups checks every file of the shards' backups and archived WAL

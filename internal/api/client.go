@@ -356,10 +356,46 @@ func (c *Client) ListBackups(ctx context.Context) ([]backup.Info, error) {
 	return out.Items, c.Do(ctx, "GET", "/v1/backups", nil, &out)
 }
 
-// RunBackup backs a shard up now and returns its backups.
-func (c *Client) RunBackup(ctx context.Context, req BackupRequest) (backup.Info, error) {
-	var out backup.Info
+// StartBackup queues a backup of a shard; GetBackupRun follows it.
+func (c *Client) StartBackup(ctx context.Context, req BackupRequest) (provision.BackupRun, error) {
+	var out provision.BackupRun
 	return out, c.Do(ctx, "POST", "/v1/backups", req, &out)
+}
+
+// GetBackupRun returns a backup run.
+func (c *Client) GetBackupRun(ctx context.Context, id int64) (provision.BackupRun, error) {
+	var out provision.BackupRun
+	return out, c.Do(ctx, "GET", fmt.Sprintf("/v1/backups/runs/%d", id), nil, &out)
+}
+
+// RunBackup backs a shard up, waiting (polling each second) until the
+// backup has finished, and returns the shard's backups.
+func (c *Client) RunBackup(ctx context.Context, req BackupRequest) (backup.Info, error) {
+	run, err := c.StartBackup(ctx, req)
+	for err == nil && !run.Finished() {
+		select {
+		case <-ctx.Done():
+			return backup.Info{}, fmt.Errorf("stopped waiting; backup run %d goes on: %w", run.ID, ctx.Err())
+		case <-time.After(time.Second):
+		}
+		run, err = c.GetBackupRun(ctx, run.ID)
+	}
+	if err != nil {
+		return backup.Info{}, err
+	}
+	if run.State != "succeeded" {
+		return backup.Info{}, fmt.Errorf("the backup of %s failed after %d attempt(s): %s", run.Shard, run.Attempts, run.Error)
+	}
+	infos, err := c.ListBackups(ctx)
+	if err != nil {
+		return backup.Info{}, err
+	}
+	for _, in := range infos {
+		if in.Name == req.Shard {
+			return in, nil
+		}
+	}
+	return backup.Info{}, fmt.Errorf("shard %s is missing from the repository's list", req.Shard)
 }
 
 // RebuildCatalog recreates, from the identity rows of the databases on the

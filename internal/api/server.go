@@ -160,6 +160,7 @@ func (s *Server) routeTable() []route {
 		{method: "POST", path: "/v1/migrations/{id}/resume", handler: s.resumeMigration, idempotent: true},
 		{method: "GET", path: "/v1/backups", handler: s.listBackups},
 		{method: "POST", path: "/v1/backups", handler: s.runBackup},
+		{method: "GET", path: "/v1/backups/runs/{id}", handler: s.getBackupRun},
 		{method: "POST", path: "/v1/backups/verify", handler: s.verifyBackups},
 		{method: "POST", path: "/v1/restores", handler: s.startRestore, idempotent: true},
 		{method: "GET", path: "/v1/restores/{id}", handler: s.getRestore},

@@ -262,6 +262,7 @@ func NewWorker(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(ws, &drillWorker{workers: w})
 	river.AddWorker(ws, &drillDueWorker{workers: w})
 	river.AddWorker(ws, &backupDueWorker{workers: w})
+	river.AddWorker(ws, &backupWorker{workers: w})
 	maintenance := &river.InsertOpts{Queue: queueMaintenance, MaxAttempts: 1}
 	periodic := func(every time.Duration, args river.JobArgs, opts *river.InsertOpts) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
