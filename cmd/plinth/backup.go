@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +18,7 @@ func backupCmd(g *globals) *cobra.Command {
 		Use:   "backup",
 		Short: "Back up the shards Plinth runs (pgBackRest) and list their backups",
 	}
-	cmd.AddCommand(backupRunCmd(g), backupListCmd(g), backupVerifyCmd(g))
+	cmd.AddCommand(backupRunCmd(g), backupListCmd(g), backupVerifyCmd(g), backupSettingsCmd())
 	return cmd
 }
 
@@ -156,5 +159,41 @@ command then exits non-zero.`,
 		},
 	}
 	cmd.Flags().StringSliceVar(&shards, "shard", nil, "shard to verify (repeatable; default: all)")
+	return cmd
+}
+
+func backupSettingsCmd() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "settings --backup-config FILE",
+		Short: "Print the postgresql.conf settings each shard on this host needs to archive its WAL",
+		Long: `Reads the --backup-config file plinth serve uses and prints, per shard, the
+settings that make its server archive WAL continuously into the repository
+(archive_mode needs a restart of the server; archive_command and
+archive_timeout a reload). Put them in the server's postgresql.conf, or run
+ALTER SYSTEM SET for each. The settings name pgBackRest's configuration file,
+which plinth serve (and this command) writes under the config's home.`,
+		Example: `  plinth backup settings --backup-config /etc/plinth/backup.json`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return errors.New("--backup-config is required")
+			}
+			br, err := openBackupConfig(file)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			for _, name := range br.Stanzas() {
+				fmt.Fprintf(w, "# shard %s\n", name)
+				settings := br.ArchiveSettings(name)
+				for _, k := range slices.Sorted(maps.Keys(settings)) {
+					fmt.Fprintf(w, "%s = %s\n", k, settings[k])
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "backup-config", "", "the backup configuration file of plinth serve")
 	return cmd
 }

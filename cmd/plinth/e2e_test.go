@@ -333,6 +333,8 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"serve", "--role", "bogus"}, "unknown role"},
 		{[]string{"serve", "--role", "edge,control"}, "each run alone"},
 		{[]string{"serve", "--role", "worker"}, "no control database"},
+		{[]string{"serve", "--role", "worker", "--database-url", "postgres://x@127.0.0.1:1/x", "--backup-config", "/nonexistent.json"}, "--backup-config"},
+		{[]string{"backup", "settings"}, "--backup-config is required"},
 		{[]string{"product", "register", "x", "--migrations", "/nonexistent"}, "--migrations /nonexistent"},
 		{[]string{"dev", "--shards", "99"}, "--shards must be between 1 and 16"},
 		{[]string{"tenant", "list", "--bogus"}, "unknown flag"},

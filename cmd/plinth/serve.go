@@ -19,6 +19,7 @@ import (
 
 	"github.com/plinth-platform/plinth/internal/api"
 	"github.com/plinth-platform/plinth/internal/auth"
+	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/devstack"
 	"github.com/plinth-platform/plinth/internal/fleet/localpg"
@@ -219,7 +220,7 @@ func splitList(s string) []string {
 }
 
 func serveCmd() *cobra.Command {
-	var roles, listen, dbURL, tokenFile, logLevel string
+	var roles, listen, dbURL, tokenFile, logLevel, backupConfig string
 	var pc provision.Config
 	var sc sidecarFlags
 	var ef edgeFlags
@@ -230,6 +231,9 @@ func serveCmd() *cobra.Command {
 lifecycle and maintenance jobs) against a control database, from
 --database-url or PLINTH_DATABASE_URL, migrated on start; the control role
 needs the admin token from PLINTH_ADMIN_TOKEN or --admin-token-file.
+--backup-config names the shards on this host that Plinth backs up with
+pgBackRest, and the repository (a directory or an S3 bucket): see
+plinth backup settings for what their servers need.
 
 Or run a service's sidecar (--role sidecar, alone): it needs --service,
 --upstream (the service's own URL), the control plane's URL (--control-url
@@ -285,8 +289,18 @@ flight get 30 seconds.`,
 				token = strings.TrimSpace(string(data))
 			}
 			logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			var backups api.Backups
+			if backupConfig != "" {
+				br, err := openBackupConfig(backupConfig)
+				if err != nil {
+					return err
+				}
+				pc.Restorer, pc.Backups, backups = br, br, br
+				go createStanzas(cmd.Context(), br, logger)
+			}
 			srv, err := server.Start(cmd.Context(), server.Config{
 				DatabaseURL: dbURL, Roles: rs, Listen: listen, AdminToken: token, Logger: logger, Provision: pc,
+				Backups: backups,
 			})
 			if err != nil {
 				return err
@@ -304,6 +318,7 @@ flight get 30 seconds.`,
 	f.StringVar(&listen, "listen", ":7070", "control API address")
 	f.StringVar(&dbURL, "database-url", "", "control database URL (default $PLINTH_DATABASE_URL)")
 	f.StringVar(&tokenFile, "admin-token-file", "", "file holding the admin token (default $PLINTH_ADMIN_TOKEN)")
+	f.StringVar(&backupConfig, "backup-config", "", "JSON file naming the repository and the shards on this host to back up (see docs/operator-guide.md)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&pc.Workers, "workers", provision.WorkersDefault, "jobs a worker runs at once")
 	f.IntVar(&pc.MaxAttempts, "max-attempts", provision.MaxAttemptsDefault, "attempts before a provisioning or purge fails")
@@ -409,4 +424,35 @@ func runSidecar(ctx context.Context, f sidecarFlags, logger *slog.Logger) error 
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return sc.Stop(sctx)
+}
+
+// openBackupConfig reads a --backup-config file and writes pgBackRest's
+// configuration from it.
+func openBackupConfig(path string) (*backup.PgBackRest, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--backup-config: %w", err)
+	}
+	fc, err := backup.ParseFileConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("--backup-config %s: %w", path, err)
+	}
+	br, err := fc.Open()
+	if err != nil {
+		return nil, fmt.Errorf("--backup-config %s: %w", path, err)
+	}
+	return br, nil
+}
+
+// createStanzas creates each stanza in the repository (again is
+// harmless), so that archiving and the first scheduled backup can begin.
+// A shard not archiving yet is logged; the backup checks report it too.
+func createStanzas(ctx context.Context, br *backup.PgBackRest, logger *slog.Logger) {
+	for _, name := range br.Stanzas() {
+		if err := br.Create(ctx, name); err != nil && ctx.Err() == nil {
+			logger.Error("backups: cannot set up the stanza (is its server archiving? plinth backup settings)", "stanza", name, "error", err)
+			continue
+		}
+		logger.Info("backups: stanza ready", "stanza", name)
+	}
 }

@@ -36,8 +36,11 @@ type Config struct {
 	// Home holds the configuration file and pgBackRest's lock and log
 	// directories (so that parallel Plinths and tests never share them).
 	Home string
-	// Repo is the repository directory (PLINTH_HOME/backups under plinth dev).
+	// Repo is the repository directory (PLINTH_HOME/backups under plinth
+	// dev), or with S3 the repository's path in the bucket.
 	Repo string
+	// S3, when set, keeps the repository in an S3-compatible bucket.
+	S3 *S3
 	// CipherPass is the repository's AES-256 key. Required: an unencrypted
 	// repository is not offered.
 	CipherPass string
@@ -48,6 +51,38 @@ type Config struct {
 	Bin string
 	// Cred is the OS user the shards' servers run as (nil: this process's).
 	Cred *syscall.Credential
+}
+
+// S3 is an S3-compatible bucket that holds the repository.
+type S3 struct {
+	Endpoint string // host[:port], e.g. s3.eu-west-1.amazonaws.com
+	Bucket   string
+	Region   string
+	// URIStyle is host (bucket.endpoint, the default) or path
+	// (endpoint/bucket, as MinIO and most others serve).
+	URIStyle string
+	// Key and KeySecret are the access key; never logged, written only to
+	// pgBackRest's configuration file (mode 0600).
+	Key, KeySecret string
+	// NoVerifyTLS skips checking the endpoint's certificate (a test server).
+	NoVerifyTLS bool
+}
+
+func (s *S3) check() error {
+	switch {
+	case s.Endpoint == "" || s.Bucket == "" || s.Region == "":
+		return errors.New("backup: an S3 repository needs an endpoint, a bucket and a region")
+	case s.Key == "" || s.KeySecret == "":
+		return errors.New("backup: an S3 repository needs an access key and its secret")
+	case s.URIStyle != "" && s.URIStyle != "host" && s.URIStyle != "path":
+		return fmt.Errorf("backup: the S3 URI style is host or path, not %q", s.URIStyle)
+	}
+	for _, v := range []string{s.Endpoint, s.Bucket, s.Region, s.Key, s.KeySecret} {
+		if strings.ContainsAny(v, "\n\r") {
+			return errors.New("backup: S3 settings must be one line each")
+		}
+	}
+	return nil
 }
 
 // Stanza is one shard as pgBackRest sees it.
@@ -91,7 +126,7 @@ var stanzaName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 // New checks cfg and the stanzas and writes pgBackRest's configuration.
 func New(cfg Config, stanzas ...Stanza) (*PgBackRest, error) {
 	switch {
-	case cfg.Home == "" || cfg.Repo == "":
+	case cfg.Home == "" || (cfg.Repo == "" && cfg.S3 == nil):
 		return nil, errors.New("backup: Home and Repo are required")
 	case len(cfg.CipherPass) < 32:
 		return nil, errors.New("backup: the repository key must have at least 32 characters")
@@ -99,6 +134,12 @@ func New(cfg Config, stanzas ...Stanza) (*PgBackRest, error) {
 		return nil, errors.New("backup: the repository key must be one line")
 	case cfg.RetentionDays < 0 || cfg.RetentionDays > 3650:
 		return nil, errors.New("backup: retention must be 1 to 3650 days")
+	}
+	if cfg.S3 != nil {
+		if err := cfg.S3.check(); err != nil {
+			return nil, err
+		}
+		cfg.Repo = cmp.Or(cfg.Repo, "/plinth")
 	}
 	cfg.RetentionDays = cmp.Or(cfg.RetentionDays, RetentionDaysDefault)
 	if cfg.Bin == "" {
@@ -125,7 +166,11 @@ func New(cfg Config, stanzas ...Stanza) (*PgBackRest, error) {
 func (p *PgBackRest) ConfigPath() string { return filepath.Join(p.cfg.Home, "pgbackrest.conf") }
 
 func (p *PgBackRest) writeConfig() error {
-	for _, dir := range []string{p.cfg.Home, p.cfg.Repo, filepath.Join(p.cfg.Home, "lock"), filepath.Join(p.cfg.Home, "log")} {
+	dirs := []string{p.cfg.Home, filepath.Join(p.cfg.Home, "lock"), filepath.Join(p.cfg.Home, "log")}
+	if p.cfg.S3 == nil {
+		dirs = append(dirs, p.cfg.Repo)
+	}
+	for _, dir := range dirs {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("backup: %w", err)
 		}
@@ -135,6 +180,20 @@ func (p *PgBackRest) writeConfig() error {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by Plinth; edit the code, not this file.\n[global]\n")
+	if s3 := p.cfg.S3; s3 != nil {
+		for _, kv := range [][2]string{
+			{"repo1-type", "s3"},
+			{"repo1-s3-endpoint", s3.Endpoint},
+			{"repo1-s3-bucket", s3.Bucket},
+			{"repo1-s3-region", s3.Region},
+			{"repo1-s3-uri-style", cmp.Or(s3.URIStyle, "host")},
+			{"repo1-s3-key", s3.Key},
+			{"repo1-s3-key-secret", s3.KeySecret},
+			{"repo1-storage-verify-tls", map[bool]string{false: "y", true: "n"}[s3.NoVerifyTLS]},
+		} {
+			fmt.Fprintf(&b, "%s=%s\n", kv[0], kv[1])
+		}
+	}
 	for _, kv := range [][2]string{
 		{"repo1-path", p.cfg.Repo},
 		{"repo1-cipher-type", "aes-256-cbc"},
