@@ -311,7 +311,7 @@ func (s *Store) addRestoreItem(ctx context.Context, id uuid.UUID, t Tenant, in I
 	source, restored, state := current, (*uuid.UUID)(nil), ItemPending
 	if target != nil {
 		err := s.q.QueryRow(ctx, `SELECT current_database_id FROM restore_items
-			WHERE installation_id = $1 AND state = 'swapped' AND swapped_at > $2
+			WHERE installation_id = $1 AND state = 'swapped' AND swapped_at > $2 AND as_installation_id IS NULL
 			ORDER BY swapped_at LIMIT 1`, in.ID, *target).Scan(&source)
 		if err != nil && !isNoRows(err) {
 			return fmt.Errorf("find the database at the target time: %w", err)
@@ -386,13 +386,14 @@ func (s *Store) ExpireReplaced(ctx context.Context, retention time.Duration, lim
 }
 
 // PurgedDatabase returns the database a purged installation had when it
-// was purged (dropped now): the one its last restore swapped in, or else
-// its first.
+// was purged (dropped now): the one its last restore swapped in (not a
+// restore into a new tenant: that copy is the new tenant's), or else its
+// first.
 func (s *Store) PurgedDatabase(ctx context.Context, installationID uuid.UUID) (Database, error) {
 	var id uuid.UUID
 	err := s.q.QueryRow(ctx, `SELECT coalesce(
 			(SELECT restored_database_id FROM restore_items WHERE installation_id = $1 AND state = 'swapped'
-			 ORDER BY swapped_at DESC LIMIT 1),
+			 AND as_installation_id IS NULL ORDER BY swapped_at DESC LIMIT 1),
 			(SELECT id FROM tenant_databases WHERE installation_id = $1 ORDER BY created_at LIMIT 1))`,
 		installationID).Scan(&id)
 	if err != nil {

@@ -451,7 +451,27 @@ func TestRestoreIntoANewTenant(t *testing.T) {
 	if got := b.notes(t, acmeDB); got != "in the backup,after the target" {
 		t.Fatalf("acme holds %q", got)
 	}
-	// The copy is the new tenant's alone: acme can be restored again, and
-	// the new tenant is a tenant like any other.
+	// The copy is the new tenant's alone: acme, purged and restored from
+	// the backups, comes back on a database of its own and acme-old keeps
+	// its database.
+	b.act(t, "acme", catalog.ActionDelete, "gone")
+	_, op := b.act(t, "acme", catalog.ActionPurge, "gone")
+	if got := b.waitOperation(t, op.ID); got.State != catalog.OperationSucceeded {
+		t.Fatalf("purge = %+v", got)
+	}
+	back, err := b.svc.StartRestore(b.ctx, b.store, catalog.CreateRestoreParams{Tenants: []string{acme.ID.String()}, Target: &target, Actor: "test"})
+	must(t, err)
+	if back.Items[0].CurrentDatabase != acmeDB {
+		t.Fatalf("the purged acme's database is taken to be %s, want %s (acme-old's is %s)", back.Items[0].CurrentDatabase, acmeDB, in.Database)
+	}
+	if back = b.waitRestore(t, back.ID); back.State != catalog.RestoreSucceeded {
+		t.Fatalf("restore of the purged acme = %+v", back)
+	}
+	if db := b.tenant(t, "acme").Installations[0].Database; db == in.Database || b.notes(t, db) != "in the backup" {
+		t.Fatalf("acme after its restore is on %s holding %q", db, b.notes(t, db))
+	}
+	if got := b.tenant(t, "acme-old"); got.State != catalog.StateActive || got.Installations[0].Database != in.Database {
+		t.Fatalf("acme-old after acme's restore: %+v", got)
+	}
 	b.act(t, "acme-old", catalog.ActionDelete, "looked at it")
 }
