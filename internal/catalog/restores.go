@@ -403,10 +403,12 @@ func (s *Store) PurgedDatabase(ctx context.Context, installationID uuid.UUID) (D
 }
 
 // TenantsDeletedBetween returns the IDs of the tenants deleted (and maybe
-// purged since) in [from, until), oldest deletion first, at most limit.
+// purged since) in [from, until), oldest deletion first, at most limit;
+// not those that had failed to provision (they had nothing to restore).
 func (s *Store) TenantsDeletedBetween(ctx context.Context, from, until time.Time, limit int) ([]string, error) {
 	rows, err := s.q.Query(ctx, `SELECT id::text FROM tenants WHERE state IN ('deleted', 'purged')
-		AND deleted_at >= $1 AND deleted_at < $2 ORDER BY deleted_at, id LIMIT $3`, from, until, limit)
+		AND deleted_at >= $1 AND deleted_at < $2 AND state_before_delete IN ('active', 'suspended', 'deactivated')
+		ORDER BY deleted_at, id LIMIT $3`, from, until, limit)
 	if err != nil {
 		return nil, fmt.Errorf("tenants deleted between: %w", err)
 	}
