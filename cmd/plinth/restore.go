@@ -128,7 +128,7 @@ it resumes when Plinth starts again.`,
 	cmd.Flags().BoolVar(&undo, "undo", false, "swap back the databases the last restore replaced")
 	cmd.Flags().StringVar(&file, "file", "", "restore the tenants listed in this file (one slug or ID per line)")
 	cmd.Flags().StringVar(&deleted, "deleted-between", "", "restore the tenants deleted (or purged) between two times A,B (RFC 3339 or -3h,-1h)")
-	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "databases copied at once (1-32, default 2)")
+	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "databases copied at once per shard, and tenants swapped at once (1-32, default 2)")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the restore is accepted")
 	return cmd
 }

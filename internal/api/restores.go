@@ -29,7 +29,8 @@ type RestoreRequest struct {
 	Product string `json:"product,omitempty"`
 	// Undo swaps back the databases each tenant's last restore replaced.
 	Undo bool `json:"undo,omitempty"`
-	// Concurrency is how many databases are copied at once (1 to 32, 2).
+	// Concurrency is how many databases each shard copies at once, and how
+	// many tenants are swapped at once (1 to 32, 2).
 	Concurrency int `json:"concurrency,omitempty"`
 }
 

@@ -241,6 +241,18 @@ func (s *Store) addRestoreItems(ctx context.Context, id uuid.UUID, t Tenant, p C
 		if !slices.Contains(RestorableStates, back) {
 			return Conflict("tenant_not_restorable", "tenant %s was %s before it was deleted: it had no databases to restore", t.Slug, back)
 		}
+		if t.State == StatePurged && p.Product != "" {
+			return Invalid("invalid_product", "tenant %s is purged: restore all its products together (no product)", t.Slug)
+		}
+		if t.State == StatePurged && p.As == "" {
+			var taken bool
+			if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE slug = $1 AND state <> 'purged')`, t.Slug).Scan(&taken); err != nil {
+				return fmt.Errorf("look up slug: %w", err)
+			}
+			if taken {
+				return Conflict("slug_taken", "tenant %s's slug belongs to another tenant now: restore it into a new tenant (as)", t.Slug)
+			}
+		}
 		if t.PurgedAt != nil && !p.Target.Before(*t.PurgedAt) {
 			return Invalid("target_after_purge", "tenant %s was purged at %s: restore it to a time before that",
 				t.Slug, t.PurgedAt.UTC().Format(time.RFC3339))
@@ -256,10 +268,9 @@ func (s *Store) addRestoreItems(ctx context.Context, id uuid.UUID, t Tenant, p C
 	default:
 		return Conflict("tenant_not_restorable", "tenant %s is %s: only an active, suspended, deactivated, deleted or purged tenant can be restored", t.Slug, t.State)
 	}
-	var running bool
-	if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM restore_items WHERE tenant_id = $1 AND state IN ('pending', 'copied'))`,
-		t.ID).Scan(&running); err != nil {
-		return fmt.Errorf("look for a running restore: %w", err)
+	running, err := s.RestoreRunning(ctx, t.ID)
+	if err != nil {
+		return err
 	}
 	if running {
 		return Conflict("restore_running", "a restore of tenant %s is running; wait for it to finish", t.Slug)
@@ -359,16 +370,29 @@ func (s *Store) ResolveRestoreTenants(ctx context.Context, p *CreateRestoreParam
 	case p.Target == nil:
 		return Invalid("invalid_target", "restoring deleted tenants needs a target time")
 	}
-	ids, err := s.TenantsDeletedBetween(ctx, from, until, MaxRestoreTenants+1)
+	ids, err := s.TenantsDeletedBetween(ctx, from, until, *p.Target, p.Product, MaxRestoreTenants+1)
 	if err != nil {
 		return err
 	}
+	if len(ids) > MaxRestoreTenants {
+		return Invalid("too_many_tenants", "more than %d restorable tenants were deleted in the window: narrow it", MaxRestoreTenants)
+	}
 	if len(ids) == 0 {
-		return NotFound("no_deleted_tenants", "no tenant was deleted between %s and %s",
+		return NotFound("no_deleted_tenants", "no tenant restorable to the target was deleted between %s and %s",
 			from.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
 	}
 	p.Tenants, p.DeletedBetween = ids, nil
 	return nil
+}
+
+// RestoreRunning reports whether a restore of the tenant is under way.
+func (s *Store) RestoreRunning(ctx context.Context, tenantID uuid.UUID) (bool, error) {
+	var running bool
+	if err := s.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM restore_items WHERE tenant_id = $1 AND state IN ('pending', 'copied'))`,
+		tenantID).Scan(&running); err != nil {
+		return false, fmt.Errorf("look for a running restore: %w", err)
+	}
+	return running, nil
 }
 
 // ExpireReplaced marks for dropping up to limit databases that a restore
@@ -376,8 +400,11 @@ func (s *Store) ResolveRestoreTenants(ctx context.Context, p *CreateRestoreParam
 // back), and says how many.
 func (s *Store) ExpireReplaced(ctx context.Context, retention time.Duration, limit int) (int64, error) {
 	tag, err := s.q.Exec(ctx, `UPDATE tenant_databases SET state = 'dropping', updated_at = now()
-		WHERE id IN (SELECT id FROM tenant_databases WHERE state = 'replaced'
-			AND updated_at < now() - $1::bigint * interval '1 microsecond' ORDER BY updated_at LIMIT $2)`,
+		WHERE id IN (SELECT d.id FROM tenant_databases d WHERE d.state = 'replaced'
+			AND d.updated_at < now() - $1::bigint * interval '1 microsecond'
+			-- not one an undo is about to swap back in
+			AND NOT EXISTS (SELECT 1 FROM restore_items r WHERE r.restored_database_id = d.id AND r.state IN ('pending', 'copied'))
+			ORDER BY d.updated_at LIMIT $2)`,
 		retention.Microseconds(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("expire replaced databases: %w", err)
@@ -403,12 +430,23 @@ func (s *Store) PurgedDatabase(ctx context.Context, installationID uuid.UUID) (D
 }
 
 // TenantsDeletedBetween returns the IDs of the tenants deleted (and maybe
-// purged since) in [from, until), oldest deletion first, at most limit;
-// not those that had failed to provision (they had nothing to restore).
-func (s *Store) TenantsDeletedBetween(ctx context.Context, from, until time.Time, limit int) ([]string, error) {
-	rows, err := s.q.Query(ctx, `SELECT id::text FROM tenants WHERE state IN ('deleted', 'purged')
-		AND deleted_at >= $1 AND deleted_at < $2 AND state_before_delete IN ('active', 'suspended', 'deactivated')
-		ORDER BY deleted_at, id LIMIT $3`, from, until, limit)
+// purged since) in [from, until), oldest deletion first, at most limit,
+// that a restore to target (of product, "" for all) can bring back: not
+// those that had failed to provision, that were created after the target
+// or purged before it, that lack the product (or are purged, with a
+// product: they come back whole), purged ones whose slug another tenant
+// has taken (they need a restore into a new tenant), or that a restore or
+// purge is busy with.
+// A window names many tenants, and one of these must not refuse them all.
+func (s *Store) TenantsDeletedBetween(ctx context.Context, from, until, target time.Time, product string, limit int) ([]string, error) {
+	rows, err := s.q.Query(ctx, `SELECT t.id::text FROM tenants t WHERE t.state IN ('deleted', 'purged')
+		AND t.deleted_at >= $1 AND t.deleted_at < $2 AND t.state_before_delete IN ('active', 'suspended', 'deactivated')
+		AND t.created_at < $3 AND (t.purged_at IS NULL OR t.purged_at > $3)
+		AND ($4 = '' OR (t.state = 'deleted' AND EXISTS (SELECT 1 FROM installations i WHERE i.tenant_id = t.id AND i.product = $4)))
+		AND NOT EXISTS (SELECT 1 FROM restore_items r WHERE r.tenant_id = t.id AND r.state IN ('pending', 'copied'))
+		AND (t.state = 'deleted' OR NOT EXISTS (SELECT 1 FROM tenants o WHERE o.slug = t.slug AND o.state <> 'purged'))
+		AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.tenant_id = t.id AND o.kind = 'purge' AND o.state = 'running')
+		ORDER BY t.deleted_at, t.id LIMIT $5`, from, until, target, product, limit)
 	if err != nil {
 		return nil, fmt.Errorf("tenants deleted between: %w", err)
 	}
@@ -573,9 +611,13 @@ func (s *Store) FinishRestoreSwap(ctx context.Context, restoreID, tenantID uuid.
 			if tag.RowsAffected() != 1 {
 				return Conflict("database_changed", "database %s is no longer the installation's: nothing swapped", it.current)
 			}
-			if _, err := tx.q.Exec(ctx, `UPDATE tenant_databases SET state = 'assigned', installation_id = $2, updated_at = now()
-				WHERE id = $1`, it.restored, it.inst); err != nil {
+			tag, err = tx.q.Exec(ctx, `UPDATE tenant_databases SET state = 'assigned', installation_id = $2, updated_at = now()
+				WHERE id = $1 AND state IN ('creating', 'replaced')`, it.restored, it.inst)
+			if err != nil {
 				return mapError(fmt.Errorf("assign restored database: %w", err))
+			}
+			if tag.RowsAffected() != 1 {
+				return Conflict("database_changed", "the restored database %s is gone or taken: nothing swapped", it.restored)
 			}
 			if it.prior == StatePurged {
 				if err := tx.SetInstallationState(ctx, it.inst, InstallationReady); err != nil {
@@ -619,11 +661,19 @@ func (s *Store) finishRestoreAs(ctx context.Context, restoreID, tenantID uuid.UU
 		return fmt.Errorf("mark restore items swapped: %w", err)
 	}
 	for _, p := range pairs {
-		if _, err := s.q.Exec(ctx, `UPDATE tenant_databases SET state = 'assigned', installation_id = $2, updated_at = now()
-			WHERE id = $1`, p[0], p[1]); err != nil {
+		tag, err := s.q.Exec(ctx, `UPDATE tenant_databases SET state = 'assigned', installation_id = $2, updated_at = now()
+			WHERE id = $1 AND state = 'creating'`, p[0], p[1])
+		if err != nil {
 			return mapError(fmt.Errorf("assign restored database: %w", err))
 		}
+		if tag.RowsAffected() != 1 {
+			return Conflict("database_changed", "the restored database %s is gone: nothing swapped", p[0])
+		}
 		if err := s.SetInstallationState(ctx, p[1], InstallationReady); err != nil {
+			return err
+		}
+		// AdoptAs stamped it with the new tenant: drills may sample it.
+		if err := s.MarkStamped(ctx, p[1]); err != nil {
 			return err
 		}
 	}

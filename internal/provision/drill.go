@@ -2,6 +2,7 @@ package provision
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -191,11 +192,13 @@ func (w *drillWorker) Work(ctx context.Context, job *river.Job[DrillArgs]) error
 		}
 		byShard[t.Shard] = append(byShard[t.Shard], t)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	for _, shard := range order {
-		g.Go(func() error { return w.drillShard(gctx, d, shard, byShard[shard]) })
+	errs := make([]error, len(order))
+	var g errgroup.Group
+	for i, shard := range order {
+		g.Go(func() error { errs[i] = w.drillShard(ctx, d, shard, byShard[shard]); return nil })
 	}
-	if err := g.Wait(); err != nil {
+	_ = g.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	d, err = w.store.FinishDrill(ctx, d.ID, "")

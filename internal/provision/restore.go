@@ -218,12 +218,16 @@ func (w *restoreWorker) restore(ctx context.Context, r catalog.Restore) error {
 	}
 	slices.Sort(shards)
 	// Shards are restored side by side: each has its own scratch server,
-	// and a mass restore is bound by the slowest shard, not their sum.
-	g, gctx := errgroup.WithContext(ctx)
-	for _, s := range shards {
-		g.Go(func() error { return w.copyShard(gctx, r, s, byShard[s]) })
+	// and a mass restore is bound by the slowest shard, not their sum. One
+	// shard's failure does not stop the others (their copies stand; the
+	// retry redoes only what is pending).
+	errs := make([]error, len(shards))
+	var g errgroup.Group
+	for i, s := range shards {
+		g.Go(func() error { errs[i] = w.copyShard(ctx, r, s, byShard[s]); return nil })
 	}
-	if err := g.Wait(); err != nil {
+	_ = g.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	r, err := w.store.GetRestore(ctx, r.ID)
@@ -239,13 +243,16 @@ func (w *restoreWorker) restore(ctx context.Context, r catalog.Restore) error {
 		byTenant[it.TenantID] = append(byTenant[it.TenantID], it)
 	}
 	// Each tenant's swap is a transaction of its own, so they too go
-	// Concurrency at a time.
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(r.Concurrency)
-	for _, t := range tenants {
-		g.Go(func() error { return w.swap(gctx, r, byTenant[t]) })
+	// Concurrency at a time; one that fails never cuts another short
+	// (which would leave that tenant restoring and fenced until a retry).
+	errs = make([]error, len(tenants))
+	var sg errgroup.Group
+	sg.SetLimit(r.Concurrency)
+	for i, t := range tenants {
+		sg.Go(func() error { errs[i] = w.swap(context.WithoutCancel(ctx), r, byTenant[t]); return nil })
 	}
-	return g.Wait()
+	_ = sg.Wait()
+	return errors.Join(errs...)
 }
 
 // copyShard restores the shard's databases of the items into one scratch
@@ -443,6 +450,11 @@ func (w *restoreWorker) giveUp(ctx context.Context, id uuid.UUID, cause error) e
 	}
 	for _, items := range byTenant {
 		if err := w.abort(ctx, r, items, cause.Error()); err != nil {
+			return err
+		}
+	}
+	if r.AsTenantID != nil && len(byTenant) == 0 && len(r.Items) > 0 { // the new tenant fails too
+		if err := w.store.AbortRestoreSwap(ctx, id, r.Items[0].TenantID, r.Items[0].PriorState, cause.Error(), ActorRestorer); err != nil {
 			return err
 		}
 	}

@@ -316,6 +316,8 @@ func TestRestoreDeletedAndPurgedTenants(t *testing.T) {
 		{"an undo of a deleted tenant", catalog.CreateRestoreParams{Tenants: []string{"acme"}}, "tenant_not_restorable"},
 		{"a purged tenant to after its purge", catalog.CreateRestoreParams{Tenants: []string{globex.ID.String()}, Target: ptr(b.now(t))}, "target_after_purge"},
 		{"a purged tenant by its slug", catalog.CreateRestoreParams{Tenants: []string{"globex"}, Target: &target}, "tenant_not_found"},
+		{"one product of a purged tenant", catalog.CreateRestoreParams{Tenants: []string{globex.ID.String()}, Product: "notes", Target: &target}, "invalid_product"},
+		{"a window to before its tenants existed", catalog.CreateRestoreParams{DeletedBetween: &[2]time.Time{from, until}, Target: ptr(acme.CreatedAt.Add(-time.Minute))}, "no_deleted_tenants"},
 		{"an empty window", catalog.CreateRestoreParams{DeletedBetween: &[2]time.Time{until, until.Add(time.Second)}, Target: &target}, "no_deleted_tenants"},
 		{"a window backwards", catalog.CreateRestoreParams{DeletedBetween: &[2]time.Time{until, from}, Target: &target}, "invalid_deleted_between"},
 		{"a window and tenants", catalog.CreateRestoreParams{Tenants: []string{"acme"}, DeletedBetween: &[2]time.Time{from, until}, Target: &target}, "invalid_tenants"},
@@ -330,6 +332,10 @@ func TestRestoreDeletedAndPurgedTenants(t *testing.T) {
 	if len(r.Items) != 2 {
 		t.Fatalf("the window named %d installations, want acme's and globex's: %+v", len(r.Items), r.Items)
 	}
+	// A purge asked for while the restore runs is refused (it would drop
+	// what the restore brings back).
+	_, _, err = b.svc.Act(b.ctx, b.store, provision.ActRequest{Tenant: "acme", Action: catalog.ActionPurge, Reason: "again", Actor: "test"})
+	wantCode(t, "a purge during the restore", err, "restore_running")
 	if r = b.waitRestore(t, r.ID); r.State != catalog.RestoreSucceeded {
 		t.Fatalf("restore = %+v", r)
 	}

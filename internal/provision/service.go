@@ -148,6 +148,11 @@ func (s *Service) purge(ctx context.Context, tx *catalog.Store, t catalog.Tenant
 	if op, running, err := tx.RunningOperation(ctx, t.ID, OperationPurge); err != nil || running {
 		return &op, err
 	}
+	if restoring, err := tx.RestoreRunning(ctx, t.ID); err != nil {
+		return nil, err
+	} else if restoring {
+		return nil, catalog.Conflict("restore_running", "a restore of tenant %s is running; purge it once the restore has finished", t.Slug)
+	}
 	if err := tx.Audit(ctx, catalog.AuditEntry{
 		Actor: req.Actor, Action: "tenant.purge_requested", TargetKind: "tenant", TargetID: t.ID.String(),
 		FromState: string(t.State), Reason: req.Reason, RequestID: req.RequestID,

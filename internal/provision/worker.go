@@ -306,6 +306,13 @@ func (w *purgeWorker) purge(ctx context.Context, args PurgeArgs) error {
 	default:
 		return w.store.FinishOperation(ctx, args.OperationID, catalog.OperationFailed, fmt.Sprintf("tenant is %s, not deleted", t.State))
 	}
+	// A restore that began before the purge was asked for may be about to
+	// bring the tenant back: wait for it rather than drop what it restores.
+	if restoring, err := w.store.RestoreRunning(ctx, t.ID); err != nil {
+		return err
+	} else if restoring {
+		return fmt.Errorf("tenant %s is being restored; the purge waits", t.Slug)
+	}
 	dbs, err := w.store.LiveDatabases(ctx, t.ID)
 	if err != nil {
 		return err
