@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -105,11 +106,47 @@ const backedUpByPlinth = `EXISTS (SELECT 1 FROM installations i JOIN tenant_data
 // were theirs at target and can be restored, those drilled least recently
 // first, never drilled before all.
 func (s *Store) DrillSample(ctx context.Context, sample *int, target time.Time) ([]DrillTarget, error) {
+	return s.drillSample(ctx, sample, target, nil)
+}
+
+// DrillTargets returns the databases drill id checks: a sample picked when
+// it first runs and kept, so that a drill resumed after its worker died
+// checks the same tenants.
+func (s *Store) DrillTargets(ctx context.Context, d Drill) ([]DrillTarget, error) {
+	var out []DrillTarget
+	err := s.InTx(ctx, func(tx *Store) error {
+		var ids []uuid.UUID
+		if err := tx.q.QueryRow(ctx, `SELECT tenant_ids FROM drills WHERE id = $1 FOR UPDATE`, d.ID).Scan(&ids); err != nil {
+			return fmt.Errorf("lock drill: %w", err)
+		}
+		var err error
+		if ids != nil {
+			out, err = tx.drillSample(ctx, nil, d.TargetTime, ids)
+			return err
+		}
+		if out, err = tx.drillSample(ctx, d.Sample, d.TargetTime, nil); err != nil {
+			return err
+		}
+		ids = []uuid.UUID{}
+		for _, t := range out {
+			if !slices.Contains(ids, t.TenantID) {
+				ids = append(ids, t.TenantID)
+			}
+		}
+		_, err = tx.q.Exec(ctx, `UPDATE drills SET tenant_ids = $2 WHERE id = $1`, d.ID, ids)
+		return err
+	})
+	return out, err
+}
+
+// drillSample is DrillSample, of only the tenants only when it is not nil.
+func (s *Store) drillSample(ctx context.Context, sample *int, target time.Time, only []uuid.UUID) ([]DrillTarget, error) {
 	rows, err := s.q.Query(ctx, `
 		WITH picked AS (
 			SELECT t.id, t.tier FROM tenants t
 			LEFT JOIN LATERAL (SELECT max(checked_at) AS at FROM drill_results r WHERE r.tenant_id = t.id AND r.ok) last ON true
 			WHERE t.state IN ('active', 'suspended', 'deactivated') AND t.created_at < $2 AND `+backedUpByPlinth+`
+			  AND ($3::uuid[] IS NULL OR t.id = ANY($3))
 			ORDER BY last.at NULLS FIRST, random()
 			LIMIT $1)
 		SELECT p.id, p.tier, d.product, d.shard, d.name
@@ -120,7 +157,7 @@ func (s *Store) DrillSample(ctx context.Context, sample *int, target time.Time) 
 		-- Stamped with the tenant before the target: a warm database
 		-- created earlier may have been claimed for it only after.
 		WHERE d.created_at < $2 AND i.state = 'ready' AND st.stamped_at < $2
-		ORDER BY d.shard, d.name`, sample, target)
+		ORDER BY d.shard, d.name`, sample, target, only)
 	if err != nil {
 		return nil, fmt.Errorf("drill sample: %w", err)
 	}

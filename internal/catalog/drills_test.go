@@ -1,6 +1,7 @@
 package catalog_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -73,5 +74,35 @@ func TestDrillsLeaveProviderShardsOut(t *testing.T) {
 	must(t, err)
 	if len(overdue) != 1 || overdue[0].Tenant != "on-s1" {
 		t.Fatalf("overdue %+v, want on-s1 only", overdue)
+	}
+}
+
+// A drill's sample is picked once: a drill resumed after its worker died
+// checks the same tenants, not a new random draw.
+func TestDrillTargetsAreKept(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	past := time.Now().Add(-time.Hour)
+	for i := range 4 {
+		db := uuid.Must(uuid.NewV7())
+		_, err := b.store.RecoverTenant(b.ctx, catalog.RecoverTenantParams{ID: uuid.Must(uuid.NewV7()), Slug: fmt.Sprintf("drilled-%d", i), Region: "r1",
+			CreatedAt: past, Actor: "test", Databases: []catalog.RecoveredDatabase{{ID: db, Name: "t_" + strings.ReplaceAll(db.String(), "-", ""),
+				Shard: "s1", Product: "notes", CreatedAt: past, InstallationID: uuid.Must(uuid.NewV7()), InstallationCreatedAt: past, AssignedAt: &past}}})
+		must(t, err)
+	}
+	one := 1
+	d, err := b.store.CreateDrill(b.ctx, &one, "test", time.Now())
+	must(t, err)
+	first, err := b.store.DrillTargets(b.ctx, d)
+	must(t, err)
+	if len(first) != 1 {
+		t.Fatalf("a sample of one: %+v", first)
+	}
+	for range 8 {
+		again, err := b.store.DrillTargets(b.ctx, d)
+		must(t, err)
+		if len(again) != 1 || again[0].TenantID != first[0].TenantID {
+			t.Fatalf("the resumed drill checks %+v, want %+v", again, first)
+		}
 	}
 }

@@ -176,7 +176,7 @@ func (w *drillWorker) Work(ctx context.Context, job *river.Job[DrillArgs]) error
 		_, err := w.store.FinishDrill(ctx, d.ID, "this worker runs no backups, so it cannot drill")
 		return err
 	}
-	targets, err := w.store.DrillSample(ctx, d.Sample, d.TargetTime)
+	targets, err := w.store.DrillTargets(ctx, d)
 	if err != nil {
 		return err
 	}
