@@ -62,7 +62,8 @@ func regionCmd(g *globals) *cobra.Command {
 
 func shardCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "shard", Short: "Manage shards: the Postgres servers that hold tenant databases"}
-	cmd.AddCommand(shardAddCmd(g), shardListCmd(g), shardGetCmd(g), shardDrainCmd(g, true), shardDrainCmd(g, false))
+	cmd.AddCommand(shardAddCmd(g), shardListCmd(g), shardGetCmd(g), shardDrainCmd(g, true), shardDrainCmd(g, false),
+		shardBackupsCmd(g))
 	return cmd
 }
 
@@ -213,6 +214,32 @@ func shardDrainCmd(g *globals, drain bool) *cobra.Command {
 				return err
 			}
 			sh, err := c.DrainShard(cmd.Context(), args[0], drain, reason)
+			if err != nil {
+				return err
+			}
+			return g.print(sh, func(w io.Writer) { printShards(w, []api.Shard{sh}) })
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log)")
+	return cmd
+}
+
+func shardBackupsCmd(g *globals) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:     "backups NAME plinth|provider",
+		Short:   "Record who backs a shard up: Plinth (pgBackRest) or its provider (a managed database)",
+		Example: `  plinth shard backups eu-west-1-s3 provider --reason "moved to RDS"`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[1] != catalog.BackupsByPlinth && args[1] != catalog.BackupsByProvider {
+				return fmt.Errorf("who backs it up is plinth or provider, not %q", args[1])
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			sh, err := c.SetShardBackups(cmd.Context(), args[0], args[1], reason)
 			if err != nil {
 				return err
 			}

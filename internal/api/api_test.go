@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -397,5 +398,30 @@ func TestShardDSNIsRedacted(t *testing.T) {
 	data, _ := io.ReadAll(resp.Body)
 	if strings.Contains(string(data), pw) {
 		t.Fatal("the change log exposes the shard password")
+	}
+}
+
+// Who backs a shard up is recorded (and audited); a bad value or an
+// unknown shard is refused and changes nothing.
+func TestShardBackups(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	sh, err := b.client.SetShardBackups(b.ctx, "s1", "provider", "moved to a managed database")
+	must(t, err)
+	if sh.Backups != "provider" {
+		t.Fatalf("shard after backups provider: %+v", sh)
+	}
+	for _, tt := range []struct{ shard, backups, code string }{
+		{"s1", "nobody", "invalid_backups"},
+		{"nope", "plinth", "shard_not_found"},
+	} {
+		_, err := b.client.SetShardBackups(b.ctx, tt.shard, tt.backups, "")
+		var p *api.Problem
+		if !errors.As(err, &p) || p.Code != tt.code {
+			t.Errorf("backups %s of %s: %v, want %s", tt.backups, tt.shard, err, tt.code)
+		}
+	}
+	if got, err := b.client.GetShard(b.ctx, "s1"); err != nil || got.Backups != "provider" {
+		t.Fatalf("s1 after the refusals: %+v %v", got, err)
 	}
 }

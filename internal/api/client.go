@@ -158,6 +158,12 @@ func (c *Client) DrainShard(ctx context.Context, name string, drain bool, reason
 	return out, c.Do(ctx, "POST", "/v1/shards/"+url.PathEscape(name)+"/"+verb, ActionRequest{Reason: reason}, &out)
 }
 
+// SetShardBackups records who backs a shard up (plinth or provider).
+func (c *Client) SetShardBackups(ctx context.Context, name, backups, reason string) (Shard, error) {
+	var out Shard
+	return out, c.Do(ctx, "POST", "/v1/shards/"+url.PathEscape(name)+"/backups", ShardBackupsRequest{Backups: backups, Reason: reason}, &out)
+}
+
 // ListProducts returns all products.
 func (c *Client) ListProducts(ctx context.Context) ([]catalog.Product, error) {
 	var out List[catalog.Product]

@@ -158,6 +158,30 @@ func (s *Server) getShard(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, view)
 }
 
+// setShardBackups records who backs a shard up, with an audit entry.
+func (s *Server) setShardBackups(w http.ResponseWriter, r *http.Request) error {
+	var req ShardBackupsRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	if len(req.Reason) > 1000 {
+		return catalog.Invalid("invalid_reason", "reason must be at most 1000 characters")
+	}
+	var sh catalog.Shard
+	err := s.store(r).InTx(r.Context(), func(tx *catalog.Store) error {
+		var err error
+		if sh, err = tx.SetShardBackups(r.Context(), r.PathValue("name"), req.Backups); err != nil {
+			return err
+		}
+		return tx.Audit(r.Context(), catalog.AuditEntry{Actor: ActorAdmin, Action: "shard.backups", TargetKind: "shard",
+			TargetID: sh.Name, ToState: req.Backups, Reason: req.Reason, RequestID: requestID(r)})
+	})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, shardView(sh))
+}
+
 func (s *Server) drainShard(draining bool) handlerFunc {
 	action := "shard.undrain"
 	if draining {

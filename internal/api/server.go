@@ -150,6 +150,7 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/v1/shards/{name}", handler: s.getShard},
 		{method: "POST", path: "/v1/shards/{name}/drain", handler: s.drainShard(true), idempotent: true},
 		{method: "POST", path: "/v1/shards/{name}/undrain", handler: s.drainShard(false), idempotent: true},
+		{method: "POST", path: "/v1/shards/{name}/backups", handler: s.setShardBackups, idempotent: true},
 		{method: "GET", path: "/v1/products", handler: s.listProducts},
 		{method: "POST", path: "/v1/products", handler: s.registerProduct, idempotent: true, maxBody: maxProductBodyBytes},
 		{method: "GET", path: "/v1/products/{name}", handler: s.getProduct},

@@ -68,6 +68,13 @@ type ActionRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// ShardBackupsRequest is the body of POST /v1/shards/{name}/backups.
+type ShardBackupsRequest struct {
+	// Backups is plinth or provider.
+	Backups string `json:"backups"`
+	Reason  string `json:"reason,omitempty"`
+}
+
 // TenantResponse is a tenant and, for work that continues in the
 // background, the operation that carries it out.
 type TenantResponse struct {

@@ -131,6 +131,22 @@ func (s *Store) ListShards(ctx context.Context, region string) ([]Shard, error) 
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Shard, error) { return scanShard(row) })
 }
 
+// SetShardBackups records who backs a shard up: BackupsByPlinth or
+// BackupsByProvider.
+func (s *Store) SetShardBackups(ctx context.Context, name, backups string) (Shard, error) {
+	if backups != BackupsByPlinth && backups != BackupsByProvider {
+		return Shard{}, Invalid("invalid_backups", "backups must be %q or %q, not %q", BackupsByPlinth, BackupsByProvider, truncate(backups, 40))
+	}
+	tag, err := s.q.Exec(ctx, `UPDATE shards SET backups = $2 WHERE name = $1`, name, backups)
+	if err != nil {
+		return Shard{}, fmt.Errorf("set shard backups: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return Shard{}, NotFound("shard_not_found", "shard %q does not exist", truncate(name, 63))
+	}
+	return s.GetShard(ctx, name)
+}
+
 // SetDraining drains a shard (no new placements) or undrains it.
 func (s *Store) SetDraining(ctx context.Context, name string, draining bool) (Shard, error) {
 	tag, err := s.q.Exec(ctx, `UPDATE shards SET draining = $2 WHERE name = $1`, name, draining)
