@@ -28,18 +28,8 @@ import (
 // recorded.
 func TestRebuildCatalogFromShards(t *testing.T) {
 	t.Parallel()
-	if _, err := localpg.FindBinDir(); err != nil {
-		testkit.Unavailable(t, "%v", err)
-	}
 	ctx := testkit.Context(t, 4*time.Minute)
-	dir := testkit.Dir(t)
-	port, err := localpg.FreePort()
-	must(t, err)
-	pg := &localpg.Cluster{Dir: dir + "/pg", Port: port, Password: localpg.RandomPassword(), SocketDir: dir + "/s"}
-	must(t, pg.Init(ctx))
-	_, err = pg.Start(ctx)
-	must(t, err)
-	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
+	pg := testkit.NewCluster(t) // its own: the test changes the shard behind the catalog's back
 
 	// The old control plane: four tenants, one of them with a second
 	// product, and a warm database.

@@ -1,7 +1,6 @@
 package provision_test
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
@@ -9,7 +8,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 	"github.com/plinth-platform/plinth/internal/provision"
 	"github.com/plinth-platform/plinth/internal/testkit"
 )
@@ -19,18 +17,8 @@ import (
 // identity names another tenant are each reported, and nothing else.
 func TestVerifyCatalogFindsWhatChangedBehindItsBack(t *testing.T) {
 	t.Parallel()
-	if _, err := localpg.FindBinDir(); err != nil {
-		testkit.Unavailable(t, "%v", err)
-	}
 	ctx := testkit.Context(t, 3*time.Minute)
-	dir := testkit.Dir(t)
-	port, err := localpg.FreePort()
-	must(t, err)
-	pg := &localpg.Cluster{Dir: dir + "/pg", Port: port, Password: localpg.RandomPassword(), SocketDir: dir + "/s"}
-	must(t, pg.Init(ctx))
-	_, err = pg.Start(ctx)
-	must(t, err)
-	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
+	pg := testkit.NewCluster(t) // its own: the test changes the shard behind the catalog's back
 	b := setup(t, options{shard: pg, warmPool: 1})
 	acme, globex, initech := b.active(t, "acme"), b.active(t, "globex"), b.active(t, "initech")
 
