@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/plinth-platform/plinth/internal/fleet/localpg"
 )
 
 // FileConfig is the backup configuration `plinth serve --backup-config`
@@ -85,7 +85,7 @@ func ParseFileConfig(data []byte) (FileConfig, error) {
 func (fc FileConfig) check() error {
 	abs := func(what, path string) error {
 		if !filepath.IsAbs(path) || strings.ContainsAny(path, "\n\r\x00") {
-			return fmt.Errorf("backup config: %s must be an absolute path, not %q", what, truncate(path, 80))
+			return fmt.Errorf("backup config: %s must be an absolute path, not %.80q", what, path)
 		}
 		return nil
 	}
@@ -104,7 +104,7 @@ func (fc FileConfig) check() error {
 		}
 	default:
 		if fc.Repo != "" && !strings.HasPrefix(fc.Repo, "/") {
-			return fmt.Errorf("backup config: the repository's path in the bucket must start with /, not %q", truncate(fc.Repo, 80))
+			return fmt.Errorf("backup config: the repository's path in the bucket must start with /, not %.80q", fc.Repo)
 		}
 		s := fc.S3
 		for _, f := range [][2]string{{"s3.endpoint", s.Endpoint}, {"s3.bucket", s.Bucket}, {"s3.region", s.Region}} {
@@ -113,7 +113,7 @@ func (fc FileConfig) check() error {
 			}
 		}
 		if s.URIStyle != "" && s.URIStyle != "host" && s.URIStyle != "path" {
-			return fmt.Errorf("backup config: s3.uri_style is host or path, not %q", truncate(s.URIStyle, 20))
+			return fmt.Errorf("backup config: s3.uri_style is host or path, not %.20q", s.URIStyle)
 		}
 		if err := abs("s3.key_file", s.KeyFile); err != nil {
 			return err
@@ -131,7 +131,7 @@ func (fc FileConfig) check() error {
 	seen := map[string]bool{}
 	for i, st := range fc.Stanzas {
 		if !stanzaName.MatchString(st.Name) {
-			return fmt.Errorf("backup config: stanzas[%d]: %q is not a shard name", i, truncate(st.Name, 63))
+			return fmt.Errorf("backup config: stanzas[%d]: %.63q is not a shard name", i, st.Name)
 		}
 		if seen[st.Name] {
 			return fmt.Errorf("backup config: stanza %s is named twice", st.Name)
@@ -147,7 +147,7 @@ func (fc FileConfig) check() error {
 			return fmt.Errorf("backup config: stanza %s: port %d is not a TCP port", st.Name, st.Port)
 		}
 		if st.User != "" && !stanzaName.MatchString(st.User) {
-			return fmt.Errorf("backup config: stanza %s: %q is not a user name", st.Name, truncate(st.User, 63))
+			return fmt.Errorf("backup config: stanza %s: %.63q is not a user name", st.Name, st.User)
 		}
 		if st.PasswordFile != "" {
 			if err := abs("stanza "+st.Name+" password_file", st.PasswordFile); err != nil {
@@ -206,30 +206,18 @@ func readSecret(what, path string) (string, error) {
 }
 
 // osUser is the credential of the servers' OS user: name's, or when name
-// is empty, postgres's if this process is root (pgBackRest and Postgres
-// refuse to run as root), else nil (this process's own).
+// is empty localpg.OSUser's (postgres when this process is root, which
+// pgBackRest and Postgres refuse to run as; else this process's own, nil).
 func osUser(name string) (*syscall.Credential, error) {
 	if name == "" {
-		if os.Geteuid() != 0 {
-			return nil, nil
-		}
-		name = "postgres"
+		return localpg.OSUser()
 	}
-	u, err := user.Lookup(name)
+	c, err := localpg.UserCredential(name)
 	if err != nil {
 		return nil, fmt.Errorf("backup config: os_user: %w", err)
 	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	if uint64(os.Geteuid()) == uid {
+	if int(c.Uid) == os.Geteuid() {
 		return nil, nil
 	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
+	return c, nil
 }

@@ -72,12 +72,16 @@ func (w *workers) backUp(ctx context.Context, stanza string) catalog.BackupStatu
 	if err != nil {
 		w.log.Warn("scheduled backup failed", "stanza", stanza, "error", err)
 	}
-	return w.backupStatus(ctx, stanza, attempted, err)
+	if attempted == nil { // nothing taken: what was read (or its error) stands
+		return w.backupStatus(ctx, stanza, nil, err, &in)
+	}
+	return w.backupStatus(ctx, stanza, attempted, err, nil)
 }
 
 // backupStatus reads how the stanza's backups and WAL archive stand after
-// a backup attempted then (nil: none) that ended in backupErr.
-func (w *workers) backupStatus(ctx context.Context, stanza string, attempted *time.Time, backupErr error) catalog.BackupStatus {
+// a backup attempted then (nil: none) that ended in backupErr; known is
+// the stanza's backups when already read since (nil: read them).
+func (w *workers) backupStatus(ctx context.Context, stanza string, attempted *time.Time, backupErr error, known *backup.Info) catalog.BackupStatus {
 	st := catalog.BackupStatus{Stanza: stanza, LastAttemptAt: attempted}
 	problems := []error{backupErr}
 	if a, err := w.cfg.Backups.Archive(ctx, stanza); err != nil {
@@ -85,7 +89,13 @@ func (w *workers) backupStatus(ctx context.Context, stanza string, attempted *ti
 	} else {
 		st.LastArchivedAt, st.ArchiveFailedAt, st.ArchiveFailures = a.LastArchived, a.LastFailed, a.Failed
 	}
-	if in, err := w.cfg.Backups.Info(ctx, stanza); err != nil {
+	in, err := known, error(nil)
+	if in == nil {
+		var read backup.Info
+		read, err = w.cfg.Backups.Info(ctx, stanza)
+		in = &read
+	}
+	if err != nil {
 		problems = append(problems, err)
 	} else if b, ok := in.Latest(); ok {
 		stop := b.Stop
@@ -139,7 +149,7 @@ func (w *backupWorker) Work(ctx context.Context, job *river.Job[BackupArgs]) err
 	if err == nil {
 		w.log.Info("backup taken", "stanza", stanza, "type", typ, "took", time.Since(began).Round(time.Millisecond))
 	}
-	if rerr := w.store.RecordBackupStatus(ctx, w.backupStatus(ctx, stanza, &began, err)); rerr != nil {
+	if rerr := w.store.RecordBackupStatus(ctx, w.backupStatus(ctx, stanza, &began, err, nil)); rerr != nil {
 		return errors.Join(err, rerr)
 	}
 	return err

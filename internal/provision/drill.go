@@ -2,7 +2,6 @@ package provision
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -10,7 +9,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/plinth-platform/plinth/internal/backup"
 	"github.com/plinth-platform/plinth/internal/catalog"
@@ -192,13 +190,7 @@ func (w *drillWorker) Work(ctx context.Context, job *river.Job[DrillArgs]) error
 		}
 		byShard[t.Shard] = append(byShard[t.Shard], t)
 	}
-	errs := make([]error, len(order))
-	var g errgroup.Group
-	for i, shard := range order {
-		g.Go(func() error { errs[i] = w.drillShard(ctx, d, shard, byShard[shard]); return nil })
-	}
-	_ = g.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := all(0, order, func(shard string) error { return w.drillShard(ctx, d, shard, byShard[shard]) }); err != nil {
 		return err
 	}
 	d, err = w.store.FinishDrill(ctx, d.ID, "")

@@ -221,13 +221,7 @@ func (w *restoreWorker) restore(ctx context.Context, r catalog.Restore) error {
 	// and a mass restore is bound by the slowest shard, not their sum. One
 	// shard's failure does not stop the others (their copies stand; the
 	// retry redoes only what is pending).
-	errs := make([]error, len(shards))
-	var g errgroup.Group
-	for i, s := range shards {
-		g.Go(func() error { errs[i] = w.copyShard(ctx, r, s, byShard[s]); return nil })
-	}
-	_ = g.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := all(0, shards, func(s string) error { return w.copyShard(ctx, r, s, byShard[s]) }); err != nil {
 		return err
 	}
 	r, err := w.store.GetRestore(ctx, r.ID)
@@ -245,14 +239,7 @@ func (w *restoreWorker) restore(ctx context.Context, r catalog.Restore) error {
 	// Each tenant's swap is a transaction of its own, so they too go
 	// Concurrency at a time; one that fails never cuts another short
 	// (which would leave that tenant restoring and fenced until a retry).
-	errs = make([]error, len(tenants))
-	var sg errgroup.Group
-	sg.SetLimit(r.Concurrency)
-	for i, t := range tenants {
-		sg.Go(func() error { errs[i] = w.swap(context.WithoutCancel(ctx), r, byTenant[t]); return nil })
-	}
-	_ = sg.Wait()
-	return errors.Join(errs...)
+	return all(r.Concurrency, tenants, func(t uuid.UUID) error { return w.swap(context.WithoutCancel(ctx), r, byTenant[t]) })
 }
 
 // copyShard restores the shard's databases of the items into one scratch
@@ -364,56 +351,38 @@ func (w *restoreWorker) swap(ctx context.Context, r catalog.Restore, items []cat
 		return w.abort(ctx, r, copied, "another database of the tenant failed to restore: "+failed)
 	}
 	began := time.Now()
-	if r.AsTenantID != nil {
-		return w.swapAs(ctx, r, copied, began)
-	}
-	err := w.store.BeginRestoreSwap(ctx, t.TenantID, t.PriorState, ActorRestorer)
-	if errors.Is(err, catalog.ErrIllegalTransition) {
-		return w.abort(ctx, r, copied, "the tenant changed state during the restore: "+err.Error())
-	}
-	if err != nil {
-		return err
+	// A restore into a new tenant leaves the tenant restored from as it is:
+	// not restoring, its databases not fenced.
+	inPlace := r.AsTenantID == nil
+	if inPlace {
+		err := w.store.BeginRestoreSwap(ctx, t.TenantID, t.PriorState, ActorRestorer)
+		if errors.Is(err, catalog.ErrIllegalTransition) {
+			return w.abort(ctx, r, copied, "the tenant changed state during the restore: "+err.Error())
+		}
+		if err != nil {
+			return err
+		}
 	}
 	for _, it := range copied {
 		sh, err := w.shard(ctx, it.Shard)
 		if err != nil {
 			return err
 		}
-		if err := sh.Fence(ctx, it.CurrentDatabase); err != nil {
-			return err
+		if inPlace {
+			if err := sh.Fence(ctx, it.CurrentDatabase); err != nil {
+				return err
+			}
 		}
 		if err := sh.Unfence(ctx, it.RestoredDatabase); err != nil {
 			return err
 		}
 	}
-	err = w.store.FinishRestoreSwap(ctx, r.ID, t.TenantID, time.Since(began).Milliseconds(), ActorRestorer)
+	err := w.store.FinishRestoreSwap(ctx, r.ID, t.TenantID, time.Since(began).Milliseconds(), ActorRestorer)
 	if ce, ok := catalog.AsError(err); ok && ce.Kind == catalog.KindConflict {
 		return w.abort(ctx, r, copied, err.Error())
 	}
 	if err == nil {
-		w.log.Info("tenant restored", "tenant", t.Tenant, "restore_id", r.ID, "swap_ms", time.Since(began).Milliseconds())
-	}
-	return err
-}
-
-// swapAs gives the copies to the new tenant of a restore into one; the
-// tenant restored from keeps its databases and its state.
-func (w *restoreWorker) swapAs(ctx context.Context, r catalog.Restore, copied []catalog.RestoreItem, began time.Time) error {
-	for _, it := range copied {
-		sh, err := w.shard(ctx, it.Shard)
-		if err != nil {
-			return err
-		}
-		if err := sh.Unfence(ctx, it.RestoredDatabase); err != nil {
-			return err
-		}
-	}
-	err := w.store.FinishRestoreSwap(ctx, r.ID, copied[0].TenantID, time.Since(began).Milliseconds(), ActorRestorer)
-	if ce, ok := catalog.AsError(err); ok && ce.Kind == catalog.KindConflict {
-		return w.abort(ctx, r, copied, err.Error())
-	}
-	if err == nil {
-		w.log.Info("tenant restored into a new tenant", "tenant", copied[0].Tenant, "as", r.AsTenant, "restore_id", r.ID)
+		w.log.Info("tenant restored", "tenant", t.Tenant, "as", r.AsTenant, "restore_id", r.ID, "swap_ms", time.Since(began).Milliseconds())
 	}
 	return err
 }
@@ -423,7 +392,7 @@ func (w *restoreWorker) swapAs(ctx context.Context, r catalog.Restore, copied []
 func (w *restoreWorker) abort(ctx context.Context, r catalog.Restore, items []catalog.RestoreItem, msg string) error {
 	for _, it := range items {
 		if r.AsTenantID != nil {
-			break // the tenant restored from was never fenced
+			break // into a new tenant: the one restored from was never fenced
 		}
 		if sh, err := w.shard(ctx, it.Shard); err == nil {
 			if err := sh.Unfence(ctx, it.CurrentDatabase); err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/plinth-platform/plinth/internal/catalog"
 	"github.com/plinth-platform/plinth/internal/fleet"
@@ -247,6 +248,23 @@ func (w *provisionWorker) fail(ctx context.Context, args ProvisionArgs, cause er
 		}
 		return tx.FinishOperation(ctx, args.OperationID, catalog.OperationFailed, reason)
 	})
+}
+
+// all runs fn for every item, limit at a time (0: all at once), and
+// returns their errors joined. Unlike errgroup.WithContext, one failure
+// cancels none of the others: a shard's restore or a tenant's swap
+// stopped halfway would leave more to clean up than one that finished.
+func all[T any](limit int, items []T, fn func(T) error) error {
+	errs := make([]error, len(items))
+	var g errgroup.Group
+	if limit > 0 {
+		g.SetLimit(limit)
+	}
+	for i, it := range items {
+		g.Go(func() error { errs[i] = fn(it); return nil })
+	}
+	_ = g.Wait()
+	return errors.Join(errs...)
 }
 
 func failureReason(err error) string {

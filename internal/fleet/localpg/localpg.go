@@ -95,10 +95,19 @@ func OSUser() (*syscall.Credential, error) {
 	if name == "" {
 		name = "postgres"
 	}
+	c, err := UserCredential(name)
+	if err != nil {
+		return nil, fmt.Errorf("running as root, so Postgres must run as an unprivileged user, but %w "+
+			"(create it or set PLINTH_PG_USER)", err)
+	}
+	return c, nil
+}
+
+// UserCredential is the credential of OS user name.
+func UserCredential(name string) (*syscall.Credential, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
-		return nil, fmt.Errorf("running as root, so Postgres must run as an unprivileged user, but user %q was not found "+
-			"(create it or set PLINTH_PG_USER): %w", name, err)
+		return nil, fmt.Errorf("user %q was not found: %w", name, err)
 	}
 	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
