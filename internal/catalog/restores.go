@@ -156,13 +156,11 @@ func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Resto
 			id, kind, p.Target, p.Concurrency, p.Actor); err != nil {
 			return mapError(fmt.Errorf("record restore: %w", err))
 		}
-		if p.As != "" {
-			return tx.restoreAs(ctx, id, p, &out)
-		}
 		seen := map[uuid.UUID]bool{}
+		var t Tenant
 		for _, ref := range p.Tenants {
-			t, err := tx.GetTenant(ctx, ref)
-			if err != nil {
+			var err error
+			if t, err = tx.GetTenant(ctx, ref); err != nil {
 				return err
 			}
 			if seen[t.ID] {
@@ -173,8 +171,15 @@ func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Resto
 				return err
 			}
 		}
+		reason := restoreReason(p.Target)
+		if p.As != "" {
+			if err := tx.restoreAs(ctx, id, p.As, t); err != nil {
+				return err
+			}
+			reason += " as " + p.As + " (from " + t.Slug + ")"
+		}
 		if err := tx.Audit(ctx, AuditEntry{Actor: p.Actor, Action: "restore." + kind, TargetKind: "restore", TargetID: id.String(),
-			Reason: restoreReason(p.Target), RequestID: p.RequestID}); err != nil {
+			Reason: reason, RequestID: p.RequestID}); err != nil {
 			return err
 		}
 		var err error
@@ -184,22 +189,16 @@ func (s *Store) CreateRestore(ctx context.Context, p CreateRestoreParams) (Resto
 	return out, err
 }
 
-// restoreAs records the items of a restore of one tenant into a new one:
-// the new tenant (provisioning, with a pending installation per product
-// restored) and, per item, the installation its database goes to.
-func (s *Store) restoreAs(ctx context.Context, id uuid.UUID, p CreateRestoreParams, out *Restore) error {
-	src, err := s.GetTenant(ctx, p.Tenants[0])
-	if err != nil {
-		return err
-	}
-	if err := s.addRestoreItems(ctx, id, src, p); err != nil {
-		return err
-	}
+// restoreAs makes restore id, whose items restore tenant src, go into a
+// new tenant of slug as instead: the tenant (provisioning, with a pending
+// installation per product restored, in src's region and tier) and, per
+// item, the installation its database goes to.
+func (s *Store) restoreAs(ctx context.Context, id uuid.UUID, as string, src Tenant) error {
 	var products []string
 	if err := s.q.QueryRow(ctx, `SELECT array_agg(product ORDER BY product) FROM restore_items WHERE restore_id = $1`, id).Scan(&products); err != nil {
 		return fmt.Errorf("restore items: %w", err)
 	}
-	t, err := s.CreateTenant(ctx, CreateTenantParams{Slug: p.As, DisplayName: truncate(src.DisplayName+" (restored)", 200),
+	t, err := s.CreateTenant(ctx, CreateTenantParams{Slug: as, DisplayName: truncate(src.DisplayName+" (restored)", 200),
 		Region: src.Region, Tier: src.Tier, Products: products})
 	if err != nil {
 		return err
@@ -211,12 +210,7 @@ func (s *Store) restoreAs(ctx context.Context, id uuid.UUID, p CreateRestorePara
 		WHERE r.restore_id = $1 AND i.tenant_id = $2 AND i.product = r.product`, id, t.ID); err != nil {
 		return fmt.Errorf("record the new tenant's installations: %w", err)
 	}
-	if err := s.Audit(ctx, AuditEntry{Actor: p.Actor, Action: "restore.restore", TargetKind: "restore", TargetID: id.String(),
-		Reason: restoreReason(p.Target) + " as " + p.As + " (from " + src.Slug + ")", RequestID: p.RequestID}); err != nil {
-		return err
-	}
-	*out, err = s.GetRestore(ctx, id)
-	return err
+	return nil
 }
 
 func restoreReason(target *time.Time) string {
@@ -558,8 +552,7 @@ func (s *Store) BeginRestoreSwap(ctx context.Context, tenantID uuid.UUID, prior 
 		}
 		if gone(prior) {
 			if t.State != prior {
-				return &Error{Kind: KindConflict, Code: "illegal_transition", Err: ErrIllegalTransition,
-					Message: fmt.Sprintf("tenant %s was %s when the restore began and is %s now", t.Slug, prior, t.State)}
+				return illegalTransition("tenant %s was %s when the restore began and is %s now", t.Slug, prior, t.State)
 			}
 			return nil
 		}

@@ -296,6 +296,12 @@ type TransitionParams struct {
 // tenant is not in one of the From states.
 var ErrIllegalTransition = errors.New("illegal transition")
 
+// illegalTransition is the conflict of a tenant not in a state an action
+// applies to; it wraps ErrIllegalTransition.
+func illegalTransition(format string, args ...any) error {
+	return &Error{Kind: KindConflict, Code: "illegal_transition", Err: ErrIllegalTransition, Message: fmt.Sprintf(format, args...)}
+}
+
 // Transition moves a tenant from one of p.From to p.To and writes the audit
 // record, in one transaction. Moving to deleted records when the data may be
 // purged; leaving deleted (undelete) returns to p.To, which the caller takes
@@ -314,8 +320,7 @@ func (s *Store) Transition(ctx context.Context, p TransitionParams) (Tenant, err
 			return fmt.Errorf("lock tenant: %w", err)
 		}
 		if !slices.Contains(p.From, cur.State) {
-			return &Error{Kind: KindConflict, Code: "illegal_transition", Err: ErrIllegalTransition,
-				Message: fmt.Sprintf("cannot %s tenant %s: it is %s", p.Action, cur.Slug, cur.State)}
+			return illegalTransition("cannot %s tenant %s: it is %s", p.Action, cur.Slug, cur.State)
 		}
 		switch {
 		case p.To == StateDeleted:
